@@ -1,0 +1,5 @@
+import sys
+
+from vllm_dspark.cli import main
+
+sys.exit(main())

@@ -1,0 +1,272 @@
+"""SPS(B) cost table: step time of the engine against B, the number of tokens verified in one step.
+
+The scheduler (admission.py) needs SPS(B), steps per second, for every B it considers. We store measured
+points (batch_tokens, step_seconds) and interpolate the *step time* piecewise-linearly (clamped below the first
+point, extrapolated linearly from the last two points beyond the end); SPS = 1 / step time.
+
+Differences from vLLM 0.33's adaptive-verification tables: we keep one curve over verified tokens (not separate
+draft / verify costs), persist it as JSON, and refit it online from observed step times (`CostTable.observe`),
+so a table profiled with the wrong context length or on a busy machine converges to what the engine really does.
+
+Online refit, in short: each node j carries a correction ratio r_j = y_j / prior_j. An observed step (B, t) is a
+linear equation t / prior(B) = sum_j a_j r_j (a = interpolation weights scaled by the prior), so we keep the
+normal equations with exponential forgetting (recursive least squares with a memory of `memory` observations),
+regularised by (a) a smoothness penalty on neighbouring ratios, so unobserved nodes follow the observed ones, and
+(b) a weak pull of every ratio towards 1 (the prior), which is all that is left where nothing was observed.
+The solution is projected onto non-decreasing step times (weighted isotonic regression).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["CostTable", "step_seconds_numpy", "step_seconds_torch"]
+
+
+def step_seconds_numpy(batch_tokens: np.ndarray, table_x: np.ndarray, table_y: np.ndarray) -> np.ndarray:
+    """Piecewise-linear step time at `batch_tokens` (float64), clamped below table_x[0], extrapolated above.
+
+    NOTE: written as the same arithmetic as `step_seconds_torch` (not np.interp) so that both give bitwise
+    equal times and the greedy and tensor schedulers make identical decisions.
+    """
+    b = np.asarray(batch_tokens, dtype=np.float64)
+    x = np.asarray(table_x, dtype=np.float64)
+    y = np.asarray(table_y, dtype=np.float64)
+    hi = np.clip(np.searchsorted(x, b, side="right"), 1, len(x) - 1)
+    lo = hi - 1
+    t = y[lo] + (b - x[lo]) * ((y[hi] - y[lo]) / (x[hi] - x[lo]))
+    return np.where(b <= x[0], y[0], t)
+
+
+def step_seconds_torch(batch_tokens: torch.Tensor, table_x: torch.Tensor, table_y: torch.Tensor) -> torch.Tensor:
+    """Same as `step_seconds_numpy` for tensors (any device; float64 math, no host sync)."""
+    b = batch_tokens.to(torch.float64)
+    x = table_x.to(device=b.device, dtype=torch.float64)
+    y = table_y.to(device=b.device, dtype=torch.float64)
+    hi = torch.searchsorted(x, b.contiguous(), right=True).clamp(1, x.numel() - 1)
+    lo = hi - 1
+    t = y[lo] + (b - x[lo]) * ((y[hi] - y[lo]) / (x[hi] - x[lo]))
+    return torch.where(b <= x[0], y[0], t)
+
+
+def _isotonic_non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted least-squares projection onto non-decreasing sequences (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values.tolist(), weights.tolist()):
+        blocks.append([v, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, m) for m, _, n in blocks])
+
+
+def _validate_points(batch_tokens: Sequence[float], step_seconds: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(batch_tokens, dtype=np.float64).reshape(-1)
+    y = np.asarray(step_seconds, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"cost table: batch_tokens has {x.size} points but step_seconds has {y.size}")
+    if x.size < 2:
+        raise ValueError(f"cost table: need at least 2 points to interpolate, got {x.size}")
+    if not np.all(np.isfinite(x)) or np.any(x < 1) or np.any(x != np.round(x)):
+        raise ValueError(f"cost table: batch_tokens must be integers >= 1, got {x.tolist()}")
+    if np.any(np.diff(x) <= 0):
+        raise ValueError(f"cost table: batch_tokens must be strictly increasing, got {x.astype(int).tolist()}")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError(f"cost table: step_seconds must be finite and > 0, got {y.tolist()}")
+    bad = np.nonzero(np.diff(y) < 0)[0]
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"cost table: step_seconds must be non-decreasing in batch_tokens, got {y[j + 1]:.6g}s at "
+            f"B={int(x[j + 1])} after {y[j]:.6g}s at B={int(x[j])} (use CostTable.from_profile, which smooths "
+            f"measurements, or fix the file)")
+    return x.astype(np.int64), y
+
+
+class CostTable:
+    """Step time against verified tokens per step, with online refit from observed steps.
+
+    Attributes:
+        batch_tokens: [P] int64, strictly increasing.
+        prior_seconds: [P] float64, the profiled (or loaded) step times.
+        step_seconds: [P] float64, the current curve: the prior refit to the observations (== prior without any).
+        device, meta: free-form description saved with the table.
+
+    Refit knobs: `memory` (observations; forgetting factor 1 - 1/memory), `prior_strength` (how many
+    observations' worth of pull towards the prior each node has), `smoothness` (penalty on the difference of
+    neighbouring correction ratios, same unit).
+    """
+
+    def __init__(self, batch_tokens: Sequence[int], step_seconds: Sequence[float], device: str = "",
+                 meta: dict[str, Any] | None = None, *, memory: float = 512.0, prior_strength: float = 1.0,
+                 smoothness: float = 4.0):
+        x, y = _validate_points(batch_tokens, step_seconds)
+        if not memory >= 1:
+            raise ValueError(f"cost table: memory must be >= 1 observation, got {memory}")
+        if not (prior_strength > 0 and smoothness >= 0):
+            raise ValueError(f"cost table: need prior_strength > 0 and smoothness >= 0, got {prior_strength}, {smoothness}")
+        self.batch_tokens = x
+        self.prior_seconds = y
+        self.device = str(device)
+        self.meta = dict(meta or {})
+        self.memory = float(memory)
+        self.prior_strength = float(prior_strength)
+        self.smoothness = float(smoothness)
+        self.num_observations = 0
+        p = len(x)
+        self._gram = np.zeros((p, p))  # [P, P] forgetting normal equations of the correction ratios
+        self._rhs = np.zeros(p)  # [P]
+        self._fitted = y.copy()
+        self._dirty = False
+
+    # ----- evaluation -----
+    @property
+    def step_seconds(self) -> np.ndarray:
+        if self._dirty:
+            self._refit()
+        return self._fitted
+
+    def step_time(self, batch_tokens):
+        """Step seconds at B (scalar, numpy array or torch tensor; returns the same kind)."""
+        if isinstance(batch_tokens, torch.Tensor):
+            x, y = self.as_tensors(batch_tokens.device)
+            return step_seconds_torch(batch_tokens, x, y)
+        out = step_seconds_numpy(batch_tokens, self.batch_tokens, self.step_seconds)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def steps_per_second(self, batch_tokens):
+        """SPS(B) = 1 / step time (scalar, numpy array or torch tensor; returns the same kind)."""
+        t = self.step_time(batch_tokens)
+        return 1.0 / t
+
+    def as_tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table_x [P] float64, table_y [P] float64 step seconds) for `admit_torch` / kernels."""
+        x = torch.as_tensor(self.batch_tokens, dtype=torch.float64, device=device)
+        y = torch.as_tensor(self.step_seconds, dtype=torch.float64, device=device)
+        return x, y
+
+    # ----- online refit -----
+    def _features(self, b: float) -> np.ndarray:
+        """Interpolation weights of node values at B (two non-zero; the lower one negative beyond the end)."""
+        x = self.batch_tokens.astype(np.float64)
+        w = np.zeros(len(x))
+        if b <= x[0]:
+            w[0] = 1.0
+            return w
+        hi = int(min(max(np.searchsorted(x, b, side="right"), 1), len(x) - 1))
+        u = (b - x[hi - 1]) / (x[hi] - x[hi - 1])
+        w[hi - 1], w[hi] = 1.0 - u, u
+        return w
+
+    def observe(self, batch_tokens, seconds) -> None:
+        """Record measured step times (scalars or equal-length arrays) for the refit."""
+        bs = np.atleast_1d(np.asarray(batch_tokens, dtype=np.float64)).reshape(-1)
+        ts = np.atleast_1d(np.asarray(seconds, dtype=np.float64)).reshape(-1)
+        if bs.shape != ts.shape:
+            raise ValueError(f"observe: batch_tokens has {bs.size} values but seconds has {ts.size}")
+        if not (np.all(np.isfinite(bs)) and np.all(bs >= 1)):
+            raise ValueError(f"observe: batch_tokens must be >= 1, got {bs.tolist()}")
+        if not (np.all(np.isfinite(ts)) and np.all(ts > 0)):
+            raise ValueError(f"observe: seconds must be finite and > 0, got {ts.tolist()}")
+        rho = 1.0 - 1.0 / self.memory
+        for b, t in zip(bs.tolist(), ts.tolist()):
+            w = self._features(b)
+            prior_b = float(w @ self.prior_seconds)
+            a = w * self.prior_seconds / prior_b  # relative features: sum(a) == 1, unit-free residuals
+            self._gram = rho * self._gram + np.outer(a, a)
+            self._rhs = rho * self._rhs + a * (t / prior_b)
+        self.num_observations += bs.size
+        self._dirty = True
+
+    def _refit(self) -> None:
+        p = len(self.batch_tokens)
+        diff = np.diff(np.eye(p), axis=0)  # [P-1, P] first differences
+        lhs = self._gram + self.prior_strength * np.eye(p) + self.smoothness * diff.T @ diff
+        ratio = np.linalg.solve(lhs, self._rhs + self.prior_strength)
+        ratio = np.clip(ratio, 1e-3, 1e3)  # a wild observation must never make a step free or infinite
+        info = np.diag(self._gram) + self.prior_strength
+        self._fitted = _isotonic_non_decreasing(ratio * self.prior_seconds, info)
+        self._dirty = False
+
+    def reset_observations(self) -> None:
+        self._gram[:] = 0.0
+        self._rhs[:] = 0.0
+        self.num_observations = 0
+        self._fitted = self.prior_seconds.copy()
+        self._dirty = False
+
+    # ----- construction and persistence -----
+    @classmethod
+    def from_profile(cls, measure: Callable[[int], float], batch_tokens: Sequence[int], repeats: int = 5,
+                     warmup: int = 1, device: str = "", meta: dict[str, Any] | None = None, **kwargs) -> "CostTable":
+        """Build a table by calling `measure(B) -> seconds of one step` (e.g. a dummy engine step).
+
+        Each B is measured `warmup + repeats` times; the median of the last `repeats` is kept. Medians are then
+        projected onto non-decreasing step times (noise or padding can make a larger B measure faster); the raw
+        medians are kept in meta["raw_step_seconds"].
+        """
+        if repeats < 1 or warmup < 0:
+            raise ValueError(f"from_profile: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+        xs = [int(b) for b in batch_tokens]
+        if len(xs) < 2 or any(b2 <= b1 for b1, b2 in zip(xs, xs[1:])) or xs[0] < 1:
+            raise ValueError(f"from_profile: batch_tokens must be >= 2 strictly increasing integers >= 1, got {xs}")
+        raw = []
+        for b in xs:
+            for _ in range(warmup):
+                measure(b)
+            samples = [float(measure(b)) for _ in range(repeats)]
+            if not all(math.isfinite(s) and s > 0 for s in samples):
+                raise ValueError(f"from_profile: measure({b}) returned non-positive or non-finite times {samples}")
+            raw.append(float(np.median(samples)))
+        smooth = _isotonic_non_decreasing(np.asarray(raw), np.ones(len(raw)))
+        full_meta = {"repeats": repeats, "warmup": warmup, "raw_step_seconds": raw, **(meta or {})}
+        return cls(xs, smooth, device=device, meta=full_meta, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the *current* curve (the refit one once observations exist)."""
+        meta = dict(self.meta)
+        if self.num_observations:
+            meta["prior_step_seconds"] = self.prior_seconds.tolist()
+            meta["num_observations"] = self.num_observations
+        return {"batch_tokens": self.batch_tokens.tolist(), "step_seconds": self.step_seconds.tolist(),
+                "device": self.device, "meta": meta}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs) -> "CostTable":
+        if not isinstance(data, dict):
+            raise ValueError(f"cost table: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("batch_tokens", "step_seconds") if k not in data]
+        if missing:
+            raise ValueError(f"cost table: missing field(s) {missing}; have {sorted(data)}")
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"cost table: 'meta' must be an object, got {type(meta).__name__}")
+        return cls(data["batch_tokens"], data["step_seconds"], device=str(data.get("device", "")), meta=meta, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> "CostTable":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"cost table {path}: not valid JSON ({e})") from e
+        try:
+            return cls.from_dict(data, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def __repr__(self) -> str:
+        return (f"CostTable(P={len(self.batch_tokens)}, B={int(self.batch_tokens[0])}..{int(self.batch_tokens[-1])}, "
+                f"device={self.device!r}, observations={self.num_observations})")
