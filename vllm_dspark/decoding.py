@@ -24,6 +24,7 @@ VerifyLength = Callable[[DraftBlock], int]  # a round's draft -> how many of its
 class RoundRecord:
     proposed: int  # drafts verified this round (L)
     accepted: int  # drafts accepted (a), without the bonus
+    draft_token_ids: list[int]  # all γ drafted tokens (the first `proposed` were verified)
     confidence_logits: list[float] | None  # raw confidence logits of all γ drafted slots
 
 
@@ -118,7 +119,9 @@ def speculative_generate(
             if stops:
                 a, accepted, emitted = stops[0] + 1, accepted[: stops[0] + 1], None
         conf = None if block.confidence_logits is None else block.confidence_logits[0].float().tolist()
-        result.rounds.append(RoundRecord(proposed=n_verify, accepted=a, confidence_logits=conf))
+        result.rounds.append(RoundRecord(
+                proposed=n_verify, accepted=a, draft_token_ids=block.tokens[0].tolist(), confidence_logits=conf
+            ))
         result.output_token_ids += accepted + ([] if emitted is None else [emitted])
         if emitted is None:
             break

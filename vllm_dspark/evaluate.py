@@ -6,6 +6,7 @@ acceptance at position j = fraction of rounds with a > j among rounds that propo
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,12 @@ def evaluate(
                 "output_token_ids": res.output_token_ids,
                 "accepted_lengths": res.accepted_lengths,
                 "proposed_lengths": [r.proposed for r in res.rounds],
+                "draft_token_ids": [r.draft_token_ids for r in res.rounds],
                 "confidence_logits": [r.confidence_logits for r in res.rounds]
+                if drafter.confidence_head is not None
+                else None,
+                # σ(logit) without STS temperatures: what DeepSpec's evaluator reports
+                "confidences": [[1 / (1 + math.exp(-x)) for x in r.confidence_logits] for r in res.rounds]
                 if drafter.confidence_head is not None
                 else None,
             }
