@@ -1,0 +1,39 @@
+"""Confidence scheduling (paper Algorithm 1 + our SLA mode), SPS(B) cost tables, and STS calibration.
+
+Pure numpy / torch: nothing here imports vLLM. See cost.py, admission.py, calibrate.py, metrics.py.
+"""
+from vllm_dspark.scheduling.admission import (
+    MODES,
+    Admission,
+    admit_sla,
+    admit_stale,
+    admit_static,
+    admit_throughput,
+    admit_torch,
+    expected_throughput,
+    expected_yield,
+    survival_from_confidence,
+    user_speeds,
+    verify_lengths,
+)
+from vllm_dspark.scheduling.calibrate import (
+    apply_temperatures,
+    brier,
+    calibrated_survival,
+    calibration_report,
+    ece,
+    fit_sts,
+    plot_reliability,
+    reliability_curve,
+    roc_auc,
+)
+from vllm_dspark.scheduling.cost import CostTable, step_seconds_numpy, step_seconds_torch
+from vllm_dspark.scheduling.metrics import SchedulerMonitor
+
+__all__ = [
+    "MODES", "Admission", "admit_sla", "admit_stale", "admit_static", "admit_throughput", "admit_torch",
+    "expected_throughput", "expected_yield", "survival_from_confidence", "user_speeds", "verify_lengths",
+    "apply_temperatures", "brier", "calibrated_survival", "calibration_report", "ece", "fit_sts",
+    "plot_reliability", "reliability_curve", "roc_auc",
+    "CostTable", "step_seconds_numpy", "step_seconds_torch", "SchedulerMonitor",
+]

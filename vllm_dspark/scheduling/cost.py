@@ -104,8 +104,8 @@ class CostTable:
     """
 
     def __init__(self, batch_tokens: Sequence[int], step_seconds: Sequence[float], device: str = "",
-                 meta: dict[str, Any] | None = None, *, memory: float = 512.0, prior_strength: float = 1.0,
-                 smoothness: float = 4.0):
+                 meta: dict[str, Any] | None = None, *, memory: float = 512.0, prior_strength: float = 0.25,
+                 smoothness: float = 1.0):
         x, y = _validate_points(batch_tokens, step_seconds)
         if not memory >= 1:
             raise ValueError(f"cost table: memory must be >= 1 observation, got {memory}")
