@@ -1,0 +1,71 @@
+"""Fused sequential-head step: corrected logits L = U + W2s·z, greedy/sampled choice, draft log-prob, lse,
+confidence logit; whole vocabulary or restricted to top-k candidates; one position or a whole block.
+
+Dispatch: the Triton kernels (kernel.py) on CUDA tensors when Triton imports, else the torch reference
+(reference.py, also the test oracle); force either with `backend="triton" | "torch"` or $DSPARK_KERNEL_BACKEND.
+Semantics and the sampling contract: common.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backend import resolve_backend
+from . import reference
+from .common import (
+    GREEDY_EPS,
+    SAMPLE_GROUP,
+    BlockOutput,
+    ConfidenceWeights,
+    MarkovWeights,
+    StepOutput,
+    head_inputs,
+)
+
+__all__ = [
+    "GREEDY_EPS",
+    "SAMPLE_GROUP",
+    "BlockOutput",
+    "ConfidenceWeights",
+    "MarkovWeights",
+    "StepOutput",
+    "head_inputs",
+    "markov_block",
+    "markov_step",
+    "markov_step_topk",
+]
+
+
+def _impl(backend: str | None, device: torch.device):
+    if resolve_backend(backend, device) == "triton":
+        from . import kernel  # imported lazily: Triton kernels are defined only when needed
+
+        return kernel
+    return reference
+
+
+def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *, step=0,
+                z=None, hidden=None, conf: ConfidenceWeights | None = None, output="none", backend=None,
+                compute_dtype=torch.float32) -> StepOutput:
+    """One draft position over the whole vocabulary. See reference.markov_step for arguments."""
+    return _impl(backend, base_logits.device).markov_step(
+        base_logits, prev_ids, weights, temperature, seeds, offsets, step=step, z=z, hidden=hidden, conf=conf,
+        output=output, compute_dtype=compute_dtype)
+
+
+def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *,
+                     step=0, z=None, hidden=None, conf: ConfidenceWeights | None = None, output="none",
+                     backend=None, compute_dtype=torch.float32) -> StepOutput:
+    """One draft position restricted to K candidates per request. See reference.markov_step_topk."""
+    return _impl(backend, base_logits.device).markov_step_topk(
+        base_logits, topk_ids, prev_ids, weights, temperature, seeds, offsets, step=step, z=z, hidden=hidden,
+        conf=conf, output=output, compute_dtype=compute_dtype)
+
+
+def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets=None, *,
+                 conf: ConfidenceWeights | None = None, output="none", topk_ids=None, backend=None,
+                 compute_dtype=torch.float32) -> BlockOutput:
+    """All γ positions of a draft block: base_logits [N, γ, V], hidden [N, γ, H], anchor [N] ->
+    tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block."""
+    return _impl(backend, base_logits.device).markov_block(
+        base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf, output=output,
+        topk_ids=topk_ids, compute_dtype=compute_dtype)
