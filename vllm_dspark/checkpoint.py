@@ -88,6 +88,9 @@ def load_drafter(
             f"confidence_head_with_markov={cfg.confidence_head_with_markov}, "
             f"num_hidden_layers={cfg.num_hidden_layers}): missing {missing[:6]}, unexpected {unexpected[:6]}"
         )
+    w1 = state.get("markov_head.markov_w1.weight")
+    if w1 is not None and w1.shape[-1] != cfg.markov_rank:
+        raise DrafterMismatchError(f"markov_rank: config says {cfg.markov_rank}, checkpoint tensors have rank {w1.shape[-1]}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise DrafterMismatchError(
@@ -153,7 +156,8 @@ def convert(
 ) -> Path:
     """Read any supported layout and write `layout` (`deepspec` keeps embed/lm_head copies, `native` drops them)."""
     drafter = load_drafter(src, target)
-    return save_drafter(drafter, dst, include_shared=layout == "deepspec", dtype=dtype)
+    # One dtype for every tensor: shared copies taken from an fp32 target must not sit beside bf16 weights.
+    return save_drafter(drafter, dst, include_shared=layout == "deepspec", dtype=dtype or drafter.fc.weight.dtype)
 
 
 def count_parameters(drafter: DSparkDrafter, trainable_only: bool = False) -> int:

@@ -71,6 +71,12 @@ class DSparkConfig(BaseModel):
                     f"target_layer_ids contains {i}, outside [-1, {self.num_target_layers - 1}] "
                     f"(num_target_layers={self.num_target_layers})"
                 )
+        if self.num_target_layers - 1 in ids:
+            raise DrafterMismatchError(
+                f"target_layer_ids contains the last target layer {self.num_target_layers - 1} "
+                f"(num_target_layers={self.num_target_layers}), whose HF hidden state is final-normed "
+                "(DeepSpec's evaluator refuses it); use an earlier layer"
+            )
         if self.mask_token_id >= self.vocab_size:
             raise DrafterMismatchError(f"mask_token_id={self.mask_token_id} is outside vocab_size={self.vocab_size}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -214,13 +220,14 @@ class DSparkConfig(BaseModel):
 
 
 def default_target_layer_ids(num_target_layers: int, num_features: int = 5) -> list[int]:
-    """Evenly spread layers from the second to the second-to-last (DeepSpec: [1, 9, 17, 25, 33] of 36)."""
-    last = num_target_layers - 2  # the last layer's HF output is final-normed: never use it
-    first = min(1, last)
+    """Evenly spread from layer 1 to layer L−3, DeepSpec's shipped choice ([1, 9, 17, 25, 33] of 36 layers,
+    [1, 10, 19, 28, 37] of 40); shallow targets get fewer, distinct layers."""
+    first = min(1, num_target_layers - 2)
+    last = max(first, min(num_target_layers - 2, num_target_layers - 3 if num_target_layers > 3 else 0))
     k = max(1, min(num_features, last - first + 1))
     if k == 1:
         return [first]
-    return sorted({round(first + i * (last - first) / (k - 1)) for i in range(k)})
+    return sorted({first + round(i * (last - first) / (k - 1)) for i in range(k)})
 
 
 def check_fits_target(cfg: DSparkConfig, target_config: Any) -> None:

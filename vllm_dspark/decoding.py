@@ -26,6 +26,7 @@ class RoundRecord:
     accepted: int  # drafts accepted (a), without the bonus
     draft_token_ids: list[int]  # all γ drafted tokens (the first `proposed` were verified)
     confidence_logits: list[float] | None  # raw confidence logits of all γ drafted slots
+    bonus: bool = True  # False when an accepted stop token ended the text (no bonus/correction token)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class GenerationResult:
     @property
     def accepted_lengths(self) -> list[int]:
         """Tokens committed per round: accepted drafts plus the bonus token (the paper's and DeepSpec's τ)."""
-        return [r.accepted + 1 for r in self.rounds]
+        return [r.accepted + int(r.bonus) for r in self.rounds]
 
 
 def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
@@ -120,7 +121,11 @@ def speculative_generate(
                 a, accepted, emitted = stops[0] + 1, accepted[: stops[0] + 1], None
         conf = None if block.confidence_logits is None else block.confidence_logits[0].float().tolist()
         result.rounds.append(RoundRecord(
-                proposed=n_verify, accepted=a, draft_token_ids=block.tokens[0].tolist(), confidence_logits=conf
+                proposed=n_verify,
+                accepted=a,
+                draft_token_ids=block.tokens[0].tolist(),
+                confidence_logits=conf,
+                bonus=emitted is not None,
             ))
         result.output_token_ids += accepted + ([] if emitted is None else [emitted])
         if emitted is None:

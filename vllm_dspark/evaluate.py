@@ -102,7 +102,7 @@ def summarize(results: list[GenerationResult], block_size: int) -> dict[str, Any
     for j in range(block_size):
         proposed = [r for r in rounds if r.proposed > j]
         per_position.append(sum(r.accepted > j for r in proposed) / len(proposed) if proposed else None)
-    total_committed = sum(r.accepted + 1 for r in rounds)
+    total_committed = sum(r.accepted + int(r.bonus) for r in rounds)
     return {
         "num_rounds": len(rounds),
         "mean_accepted_length": total_committed / len(rounds) if rounds else None,

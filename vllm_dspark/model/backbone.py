@@ -100,6 +100,18 @@ class ParallelBackbone(nn.Module):
         self.norm = Qwen3RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rotary_emb = Qwen3RotaryEmbedding(geometry)
 
+    def _apply(self, fn, recurse=True):
+        # RoPE frequencies stay float32 whatever the weights are cast to (transformers' from_pretrained keeps them
+        # so); a bf16 inv_freq is off by up to ~1 rad at position 1000.
+        rotary = getattr(self, "rotary_emb", None)
+        fp32 = None if rotary is None else (rotary.inv_freq.detach().float().cpu(), rotary.original_inv_freq.float().cpu())
+        super()._apply(fn, recurse)
+        if fp32 is not None and self.rotary_emb.inv_freq.device.type != "meta" and fp32[0].device.type != "meta":
+            device = self.rotary_emb.inv_freq.device
+            self.rotary_emb.inv_freq = fp32[0].to(device)
+            self.rotary_emb.original_inv_freq = fp32[1].to(device)
+        return self
+
     def project_context(self, features: torch.Tensor) -> torch.Tensor:
         """Concatenated target features [..., m·H_t] -> context rows [..., H]."""
         return self.hidden_norm(self.fc(features.to(self.fc.weight.dtype)))

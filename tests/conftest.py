@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny random transformers targets (several families), the pycode-23m target, and the oracles.
+
+The oracles live in `tests/reference/` (import them as `from reference import deepspec_ref`): they are written
+from shared/docs/deepspec-format.md alone, never from vllm_dspark.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # makes `reference` importable from every test folder
+    sys.path.insert(0, str(TESTS_DIR))
+
+REPO = TESTS_DIR.parent
+
+from reference.tiny_targets import build_tiny_target  # noqa: E402  (needs the sys.path above)
+
+
+@pytest.fixture(scope="session")
+def tiny_target():
+    """Factory: tiny_target(family, seed=0, **config_overrides) -> float64 model (cached per arguments)."""
+    cache = {}
+
+    def make(family: str, seed: int = 0, **overrides):
+        key = (family, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = build_tiny_target(family, seed, **overrides)
+        return cache[key]
+
+    return make
+
+
+def pycode_path() -> Path:
+    return Path(os.environ.get("DSPARK_TEST_TARGET", REPO.parent / "shared" / "models" / "pycode-23m"))
+
+
+@pytest.fixture(scope="session")
+def pycode_dir() -> Path:
+    path = pycode_path()
+    if not (path / "config.json").is_file():
+        pytest.skip(f"pycode-23m target not found at {path} (set DSPARK_TEST_TARGET)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pycode_f64(pycode_dir):
+    """pycode-23m in float64 (avoids near-tie flips between cached and uncached greedy paths)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(pycode_dir), dtype=torch.float64).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def pycode_prompts(pycode_dir):
+    """The first 48 prompts of eval_prompts.jsonl as token ids (tokenised when a line holds text)."""
+    path = pycode_dir / "eval_prompts.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:48] if line.strip()]
+    tok = None
+    prompts = []
+    for row in rows:
+        if "prompt_token_ids" in row:
+            prompts.append(list(row["prompt_token_ids"]))
+        else:
+            if tok is None:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(pycode_dir))
+            prompts.append(tok(row["prompt"])["input_ids"])
+    return prompts
+
+
+@pytest.fixture(scope="session")
+def drafter_pair(tiny_target):
+    """Factory: drafter_pair(family, layer_ids=[...], seed=1, **drafter_fields) -> (target, drafter, sd, cfg_dict).
+
+    `sd` / `cfg_dict` are a DeepSpec-layout state dict (float64) and config.json dict made by the independent writer;
+    `drafter` is vllm_dspark's DSparkDrafter built from `DSparkConfig.from_target(target.config, ...)` with the same
+    weights loaded (strict), in float64.
+    """
+    from reference.deepspec_writer import deepspec_config, random_state_dict
+
+    def make(family: str, *, layer_ids, seed: int = 1, target_seed: int = 0, target_overrides=None, **fields):
+        from vllm_dspark.config import DSparkConfig
+        from vllm_dspark.model import DSparkDrafter
+
+        target = tiny_target(family, target_seed, **(target_overrides or {}))
+        fields = {"mask_token_id": 5, "block_size": 7, "num_draft_layers": 2, "markov_rank": 16,
+                  "markov_head_type": "vanilla", "enable_confidence_head": True, "confidence_head_with_markov": True,
+                  **fields}
+        cfg_dict = deepspec_config(target.config, target_layer_ids=layer_ids, **fields)
+        sd = random_state_dict(cfg_dict, target, seed)
+        cfg = DSparkConfig.from_target(target.config, target_layer_ids=layer_ids, **fields)
+        drafter = DSparkDrafter(cfg).to(torch.float64)
+        drafter.load_state_dict(sd, strict=True)
+        drafter.requires_grad_(False)
+        return target, drafter.eval(), sd, cfg_dict
+
+    return make

@@ -1,0 +1,1 @@
+"""Independent test oracles (written from the spec in shared/docs, not from vllm_dspark)."""
