@@ -1,0 +1,109 @@
+"""The `--speculative-config` path through vLLM's own EngineArgs (in process, no engine start).
+
+A config.json-only target and drafter are enough: vLLM reads configs, not weights, to build its engine config.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm.engine.arg_utils import EngineArgs  # noqa: E402
+
+from vllm_dspark.adapter import compat, spec_config  # noqa: E402
+from vllm_dspark.adapter.plugin import register  # noqa: E402
+from vllm_dspark.config import DSparkConfig  # noqa: E402
+
+
+def _target_config(**overrides):
+    from transformers import Qwen3Config
+
+    fields = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    fields.update(overrides)
+    cfg = Qwen3Config(**fields)
+    cfg.architectures = ["Qwen3ForCausalLM"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    register()
+    root = tmp_path_factory.mktemp("engine_args")
+    target = _target_config()
+    target.save_pretrained(root / "target")
+    for name, cfg in {"drafter": target, "wide": _target_config(hidden_size=96, head_dim=24)}.items():
+        DSparkConfig.from_target(cfg, block_size=4, mask_token_id=3, num_draft_layers=1, markov_rank=8).save(root / name)
+    return {k: str(root / k) for k in ("target", "drafter", "wide")}
+
+
+@pytest.fixture(autouse=True)
+def v2_env(monkeypatch):
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+
+
+def _engine_args(dirs, spec, **kw) -> EngineArgs:
+    return EngineArgs(model=dirs["target"], skip_tokenizer_init=True, dtype="float32", max_model_len=512,
+                      speculative_config=spec, **kw)
+
+
+def test_dspark_config_reaches_the_draft_hf_config(dirs):
+    import os
+
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "confidence"}})
+    cfg = args.create_engine_config()
+    spec = cfg.speculative_config
+    assert spec.method == "dflash" and spec.num_speculative_tokens == 4
+    hf = spec.draft_model_config.hf_config
+    assert hf.architectures == [compat.ROUTED_ARCH]
+    assert spec_config.read_attached(hf).mode == "confidence"
+    assert cfg.scheduler_config.async_scheduling is False
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+def test_static_mode_leaves_async_scheduling_to_vllm(dirs):
+    args = _engine_args(dirs, {"model": dirs["drafter"], "num_speculative_tokens": 3, "dspark": {"mode": "static"}})
+    spec = args.create_engine_config().speculative_config
+    assert args.async_scheduling is None  # unset: vLLM picks
+    assert spec_config.read_attached(spec.draft_model_config.hf_config).num_speculative_tokens == 3
+
+
+@pytest.mark.parametrize("spec,kw,needle", [
+    ({"num_speculative_tokens": 5}, {}, "'num_speculative_tokens' = 5 exceeds the drafter's block_size = 4"),
+    ({"dspark": {"mode": "turbo"}}, {}, "'dspark.mode'"),
+    ({"dspark": {"mode": "sla"}}, {}, "needs sla_tokens_per_user"),
+    ({"dspark": {"mode": "confidence"}}, {"async_scheduling": True}, "--async-scheduling is on"),
+])
+def test_refused_with_the_problem_named(dirs, spec, kw, needle):
+    args = _engine_args(dirs, {"model": dirs["drafter"], **spec}, **kw)
+    with pytest.raises(spec_config.DSparkConfigError, match=needle.replace("(", r"\(")):
+        args.create_engine_config()
+
+
+def test_drafter_for_another_target_is_refused(dirs):
+    args = _engine_args(dirs, {"model": dirs["wide"]})
+    with pytest.raises(spec_config.DSparkConfigError, match="(?s)does not fit the target.*hidden_size: drafter expects target features of size 96, target has 64"):
+        args.create_engine_config()
+
+
+def test_v2_runner_forced_on_is_refused(dirs, monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    args = _engine_args(dirs, {"model": dirs["drafter"]})
+    with pytest.raises(spec_config.DSparkConfigError, match="VLLM_USE_V2_MODEL_RUNNER=1"):
+        args.create_engine_config()
+
+
+def test_other_speculative_methods_are_untouched(dirs, tmp_path):
+    args = _engine_args(dirs, {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3})
+    spec = args.create_engine_config().speculative_config
+    assert spec.method == "ngram"
+    assert not json.dumps(args.speculative_config, default=str).count("dspark")
+
+
+def test_unknown_top_level_key_is_refused_by_vllm_with_its_name(dirs):
+    args = _engine_args(dirs, {"model": dirs["drafter"], "num_spec_tokenz": 4})
+    with pytest.raises(Exception, match="num_spec_tokenz"):
+        args.create_engine_config()

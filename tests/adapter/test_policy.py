@@ -1,0 +1,78 @@
+"""VerifyLengthPolicy: load-dependent lengths, SLA fallback accounting, step-time observation filter."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vllm_dspark.adapter.policy import VerifyLengthPolicy
+from vllm_dspark.scheduling.cost import CostTable
+
+GAMMA = 4
+
+
+def linear_table(a=10e-3, b=1e-3, top=256) -> CostTable:
+    """step_time(B) = a + b·B (seconds)."""
+    xs = [1, 2, 4, 8, 16, 32, 64, 128, top]
+    return CostTable(xs, [a + b * x for x in xs])
+
+
+def test_static_verifies_everything():
+    policy = VerifyLengthPolicy("static", GAMMA)
+    conf = np.full((3, GAMMA), 0.1)
+    assert policy.lengths(conf).tolist() == [4, 4, 4]
+    assert policy.lengths(conf, np.array([2, 0, 4])).tolist() == [2, 0, 4]
+
+
+def test_lengths_shrink_with_load():
+    # c = 0.8 everywhere, step time 10 ms + 1 ms per verified token.
+    # R = 1: Theta(L) = (1 + sum_{k<=L} 0.8^k) / (11 + L) ms^-1 grows up to L = 4 (3.36/15 > 2.952/14 > ...).
+    # R = 16: admitting the 16 first drafts (S = 0.8) raises Theta from 16/26 to 28.8/42; a second draft (S = 0.64)
+    # adds 0.64 to tau = 28.8 (+2.2 %) but one token to 42 ms (+2.4 %): not admitted, so every length is 1.
+    policy = VerifyLengthPolicy("confidence", GAMMA, linear_table())
+    assert policy.lengths(np.full((1, GAMMA), 0.8)).tolist() == [4]
+    assert policy.lengths(np.full((16, GAMMA), 0.8)).tolist() == [1] * 16
+    assert policy.stats.steps == 2 and policy.stats.verified_tokens == 4 + 16
+
+
+def test_lengths_are_prefixes_within_max_len():
+    rng = np.random.default_rng(0)
+    policy = VerifyLengthPolicy("confidence", GAMMA, linear_table(a=2e-3, b=1e-4))
+    for _ in range(20):
+        r = int(rng.integers(1, 12))
+        conf = rng.uniform(0.0, 1.0, (r, GAMMA))
+        max_len = rng.integers(0, GAMMA + 1, r)
+        lengths = policy.lengths(conf, max_len)
+        assert lengths.shape == (r,) and (lengths >= 0).all() and (lengths <= max_len).all()
+
+
+def test_sla_floor_out_of_reach_falls_back_and_is_counted():
+    # 4 requests, c = 0.9, step 10 ms + 1 ms/token. Alone (others verify 0 drafts) a request reaches 150 tok/s with
+    # L >= 2 (2.71 tokens / 16 ms = 169/s), so none is exempt; together every L >= 2 gives B >= 12 and at most
+    # 4.095 tokens / 30 ms = 136/s per user: infeasible, hence throughput mode.
+    policy = VerifyLengthPolicy("sla", GAMMA, linear_table(), sla_tokens_per_user=150.0)
+    lengths = policy.lengths(np.full((4, GAMMA), 0.9))
+    assert policy.stats.sla_fallbacks == 1 and policy.stats.last_mode == "sla->throughput"
+    assert (lengths <= GAMMA).all()
+    reachable = VerifyLengthPolicy("sla", GAMMA, linear_table(), sla_tokens_per_user=50.0)
+    reachable.lengths(np.full((4, GAMMA), 0.9))
+    assert reachable.stats.sla_fallbacks == 0 and reachable.stats.last_mode == "sla"
+
+
+def test_confidence_mode_without_a_table_is_an_error():
+    with pytest.raises(RuntimeError, match="no cost table"):
+        VerifyLengthPolicy("confidence", GAMMA).lengths(np.full((2, GAMMA), 0.5))
+    with pytest.raises(ValueError, match="sla_tokens_per_user"):
+        VerifyLengthPolicy("sla", GAMMA, linear_table())
+
+
+def test_observed_steps_refit_the_table_and_gaps_are_dropped():
+    table = linear_table()
+    policy = VerifyLengthPolicy("confidence", GAMMA, table)
+    before = table.step_time(8)  # 18 ms
+    for _ in range(30):
+        assert policy.observe_step(8, 2 * before)  # the engine is twice as slow as profiled
+    assert table.step_time(8) == pytest.approx(2 * before, rel=0.1)
+    assert not policy.observe_step(8, 100 * before)  # an idle gap, far beyond the recent ratio
+    assert policy.stats.observations == 30 and policy.stats.rejected_observations == 1
+    off = VerifyLengthPolicy("confidence", GAMMA, linear_table(), online_refit=False)
+    assert not off.observe_step(8, 0.02)

@@ -1,0 +1,99 @@
+"""The proposer's sequential stage vs the plain-torch reference (`DSparkDrafter.sample_block`, float64 heads).
+
+Greedy: the drafted tokens and confidence logits of the stage equal the reference's walk. Sampled: each slot's
+draft distribution equals softmax((U_k + bias(prev_k)) / T) of the reference evaluated at the stage's own
+previous tokens, greedy requests in the same batch get one-hot rows, and a seed reproduces its draws.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vllm_dspark.adapter.sequential import SequentialStage
+from vllm_dspark.config import DSparkConfig
+from vllm_dspark.model import DSparkDrafter
+
+V, H, R, GAMMA, N = 97, 24, 7, 5, 6  # odd sizes
+
+
+def _drafter(head_type: str, rank: int = R, with_markov: bool = True, seed: int = 0) -> DSparkDrafter:
+    cfg = DSparkConfig(
+        hidden_size=H, num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=16,
+        vocab_size=V, num_hidden_layers=1, num_target_layers=4, block_size=GAMMA, mask_token_id=3,
+        target_layer_ids=[0, 2], markov_rank=rank, markov_head_type=head_type, enable_confidence_head=True,
+        confidence_head_with_markov=with_markov and rank > 0,
+    )
+    torch.manual_seed(seed)
+    drafter = DSparkDrafter(cfg).double()
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.normal_(0.0, 0.7)
+    return drafter.eval()
+
+
+def _inputs(drafter: DSparkDrafter, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, GAMMA, H, generator=g, dtype=torch.float64)
+    anchors = torch.randint(0, V, (N,), generator=g)
+    base = drafter.lm_head(hidden)  # [N, γ, V]
+    return hidden, anchors, base
+
+
+def _stage(drafter: DSparkDrafter) -> SequentialStage:
+    return SequentialStage(drafter.markov_head, drafter.confidence_head, V)
+
+
+def _reference_logits(drafter: DSparkDrafter, hidden, base, prev):
+    """Corrected logits and confidence logits at given previous tokens prev [N, γ] (float64)."""
+    head = drafter.markov_head
+    if head is None:
+        return base, drafter.confidence_head(hidden, None)
+    bias, w1 = head.teacher_forced(prev, hidden)
+    return base + bias, drafter.confidence_head(hidden, w1)
+
+
+@pytest.mark.parametrize("head_type,rank", [("vanilla", R), ("gated", R), ("rnn", R), ("vanilla", 0)])
+def test_greedy_walk_equals_reference(head_type, rank):
+    drafter = _drafter(head_type, rank)
+    hidden, anchors, base = _inputs(drafter)
+    ref = drafter.sample_block(hidden, anchors, temperature=0.0)
+    zeros = torch.zeros(N, dtype=torch.int64)
+    out = _stage(drafter)(base, hidden, anchors, torch.zeros(N), zeros, zeros, want_probs=False)
+    assert torch.equal(out.tokens, ref.tokens)
+    torch.testing.assert_close(out.conf_logits.double(), ref.confidence_logits, rtol=1e-5, atol=1e-5)
+    assert out.probs is None
+
+
+@pytest.mark.parametrize("head_type", ["vanilla", "gated", "rnn"])
+def test_sampled_probs_are_the_reference_distribution(head_type):
+    drafter = _drafter(head_type)
+    hidden, anchors, base = _inputs(drafter, seed=2)
+    temps = torch.tensor([1.0, 0.7, 0.0, 1.3, 0.0, 2.0])  # two greedy requests in a sampled batch
+    seeds = torch.arange(N, dtype=torch.int64) * 1000 + 17
+    offsets = torch.arange(N, dtype=torch.int64) * 40
+    out = _stage(drafter)(base, hidden, anchors, temps, seeds, offsets, want_probs=True)
+    prev = torch.cat([anchors[:, None], out.tokens[:, :-1]], dim=1)
+    logits, conf = _reference_logits(drafter, hidden, base, prev)
+    greedy = temps < 1e-5
+    t = torch.where(greedy, 1.0, temps).double()[:, None, None]
+    want = torch.softmax(logits / t, dim=-1)
+    one_hot = torch.nn.functional.one_hot(logits.argmax(-1), V).double()
+    want = torch.where(greedy[:, None, None], one_hot, want)
+    torch.testing.assert_close(out.probs.double(), want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.conf_logits.double(), conf, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.tokens[greedy], logits.argmax(-1)[greedy])
+    chosen = out.probs.gather(-1, out.tokens[..., None]).squeeze(-1)
+    assert bool((chosen > 0).all()), "a drafted token must lie in its draft distribution's support"
+
+
+def test_seeded_draws_repeat_and_offsets_change_them():
+    drafter = _drafter("vanilla", seed=3)
+    hidden, anchors, base = _inputs(drafter, seed=4)
+    stage = _stage(drafter)
+    temps = torch.full((N,), 1.5)
+    seeds = torch.full((N,), 12345, dtype=torch.int64)
+    a = stage(base, hidden, anchors, temps, seeds, torch.zeros(N, dtype=torch.int64), want_probs=False)
+    b = stage(base, hidden, anchors, temps, seeds, torch.zeros(N, dtype=torch.int64), want_probs=False)
+    c = stage(base, hidden, anchors, temps, seeds, torch.full((N,), 5 * GAMMA, dtype=torch.int64), want_probs=False)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)

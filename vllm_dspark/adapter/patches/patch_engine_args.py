@@ -1,0 +1,95 @@
+"""Patch: `EngineArgs.create_speculative_config` accepts our `dspark` object and checks a DSpark setup at start.
+
+vLLM builds `SpeculativeConfig(**dict)` from `--speculative-config`, and that pydantic dataclass rejects unknown
+keys, so the `dspark` object has to leave the dict before. The wrapper (original kept, called in the middle):
+1. `spec_config.prepare`: pop and validate `dspark`, route a DSpark drafter to `"method": "dflash"`, default γ;
+2. the original builds vLLM's SpeculativeConfig;
+3. `spec_config.resolve`: drafter vs target, γ vs block_size, mode vs confidence head; the resolved settings
+   are attached to the draft HF config, which vLLM ships to every engine process;
+4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it) and,
+   for per-request lengths, async scheduling off (set when unset; an explicit `--async-scheduling` is refused).
+Runs in the process that builds the engine config (API server, or the offline `LLM`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+from vllm_dspark.adapter import compat, spec_config
+from vllm_dspark.adapter.patches._import_hook import when_imported
+
+logger = compat.get_logger(__name__)
+
+MODULE = "vllm.engine.arg_utils"
+CLASS = "EngineArgs"
+METHOD = "create_speculative_config"
+V2_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+_original = None
+
+
+def _finish(engine_args, spec, settings) -> None:
+    from vllm_dspark.config import DSparkConfig
+
+    hf = spec.draft_model_config.hf_config
+    if not spec_config.is_routed_to_us(hf):
+        if settings is not None:
+            raise spec_config.DSparkConfigError(
+                f"--speculative-config: '{spec_config.KEY}' settings need a DSpark drafter, but the drafter "
+                f"{spec.draft_model_config.model!r} resolved to architectures {hf.architectures!r}"
+            )
+        return
+    drafter = DSparkConfig.from_dict(spec_config.drafter_dict_from_hf(hf))
+    resolved = spec_config.resolve(settings, drafter, spec.num_speculative_tokens,
+                                   spec.target_model_config.hf_config)
+    spec_config.attach(hf, resolved)
+    if os.environ.get(V2_ENV, "").strip() in ("1", "true", "True"):
+        raise spec_config.DSparkConfigError(
+            f"vllm-dspark runs on vLLM's V1 model runner, but {V2_ENV}=1 is set; unset it or set it to 0"
+        )
+    os.environ[V2_ENV] = "0"
+    if resolved.needs_sync_scheduling:
+        if engine_args.async_scheduling:
+            raise spec_config.DSparkConfigError(
+                f"--async-scheduling is on, but dspark.mode {resolved.mode!r} sets per-request verification "
+                "lengths, which vLLM's V1 runner accepts only with synchronous scheduling; drop "
+                "--async-scheduling (or pass --no-async-scheduling) or use dspark.mode 'static'"
+            )
+        if engine_args.async_scheduling is None:
+            engine_args.async_scheduling = False
+            logger.info("vllm-dspark: async scheduling off (dspark.mode %r needs per-request draft lengths)",
+                        resolved.mode)
+    logger.info("vllm-dspark: DSpark drafter %s, γ=%d, mode=%s", spec.draft_model_config.model,
+                resolved.num_speculative_tokens, resolved.mode)
+
+
+def _patch(module: ModuleType) -> None:
+    global _original
+    cls = getattr(module, CLASS)
+    original = cls.__dict__[METHOD]
+    if getattr(original, "__dspark_wrapped__", False):
+        return
+    _original = original
+
+    @functools.wraps(original)
+    def create_speculative_config(self, *args, **kwargs):
+        raw = self.speculative_config
+        settings = None
+        if isinstance(raw, dict):
+            if "_dspark_settings" in self.__dict__:  # called again on the same args: reuse the parsed settings
+                settings = self.__dict__["_dspark_settings"]
+            else:
+                raw, settings = spec_config.prepare(raw)
+                self.speculative_config = raw
+                self.__dict__["_dspark_settings"] = settings
+        spec = original(self, *args, **kwargs)
+        if spec is not None and spec.draft_model_config is not None:
+            _finish(self, spec, settings)
+        return spec
+
+    create_speculative_config.__dspark_wrapped__ = True
+    setattr(cls, METHOD, create_speculative_config)
+
+
+def apply() -> None:
+    when_imported(MODULE, _patch)

@@ -1,0 +1,91 @@
+"""Per-request verification lengths for the next step, from calibrated confidences and the current batch load.
+
+The proposer calls `VerifyLengthPolicy.lengths` once per engine step, after drafting, with the calibrated
+confidences c[i, k] of the requests in the batch; the lengths go back to vLLM's scheduler as the draft lists.
+Decisions are the scheduling module's (`verify_lengths`: static / throughput = "confidence" / sla); this class
+adds the engine-side state: the cost table and its online refit from observed step times, and counters for
+logging. Decisions are synchronous (async scheduling is off for non-static modes), so the early-stop greedy of
+Algorithm 1 reads confidences of the current drafts, never stale ones.
+
+Step-time observations: the proposer reports (tokens the target processed this step, seconds since the previous
+step's report). Gaps (an idle engine) would poison the table, so an observation is kept only when its ratio to the
+table's prediction is at most `max_ratio` times the median ratio of the recently kept ones (before 8 are kept:
+at most `max_ratio` × 2.5, which still lets a table profiled on a faster or slower path converge).
+"""
+from __future__ import annotations
+
+import collections
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vllm_dspark.scheduling.admission import verify_lengths
+from vllm_dspark.scheduling.cost import CostTable
+
+
+@dataclass
+class PolicyStats:
+    steps: int = 0
+    requests: int = 0  # request-steps decided
+    verified_tokens: int = 0  # sum of lengths decided
+    sla_fallbacks: int = 0  # steps where the SLA floor could not be met (throughput mode used)
+    observations: int = 0  # step times used for refit
+    rejected_observations: int = 0
+    last_mode: str = ""
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
+
+
+class VerifyLengthPolicy:
+    def __init__(self, mode: str, gamma: int, table: CostTable | None = None, *,
+                 sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0):
+        if mode not in ("static", "confidence", "sla"):
+            raise ValueError(f"mode must be static, confidence or sla, got {mode!r}")
+        if mode == "sla" and sla_tokens_per_user is None:
+            raise ValueError("mode 'sla' needs sla_tokens_per_user")
+        self.mode = mode
+        self.gamma = gamma
+        self.table = table
+        self.sla_tokens_per_user = sla_tokens_per_user
+        self.online_refit = online_refit
+        self.max_ratio = max_ratio
+        self.stats = PolicyStats()
+
+    @property
+    def ready(self) -> bool:
+        return self.mode == "static" or self.table is not None
+
+    def lengths(self, confidence: np.ndarray, max_len: np.ndarray | None = None) -> np.ndarray:
+        """confidence [R, γ] calibrated, max_len [R] (default γ) -> lengths [R] int64 (a prefix of each draft)."""
+        conf = np.asarray(confidence, dtype=np.float64)
+        num_req = conf.shape[0]
+        max_len = np.full(num_req, conf.shape[1], dtype=np.int64) if max_len is None else np.asarray(max_len)
+        if self.mode == "static" or num_req == 0:
+            out, used = max_len.astype(np.int64), "static"
+        elif self.table is None:
+            raise RuntimeError(f"mode {self.mode!r} has no cost table yet (profiling did not run)")
+        else:
+            adm = verify_lengths(np.clip(conf, 0.0, 1.0), max_len, self.table, self.mode, self.sla_tokens_per_user)
+            out, used = adm.lengths, adm.mode
+        self.stats.steps += 1
+        self.stats.requests += num_req
+        self.stats.verified_tokens += int(out.sum())
+        self.stats.last_mode = used
+        self.stats.sla_fallbacks += used == "sla->throughput"
+        return out
+
+    def observe_step(self, batch_tokens: int, seconds: float) -> bool:
+        """Feed one measured engine step to the cost table's refit; returns whether it was kept."""
+        if not self.online_refit or self.table is None or batch_tokens < 1 or not seconds > 0:
+            return False
+        recent = self.stats.recent  # ratios observed / predicted of kept observations
+        ratio = seconds / float(self.table.step_time(batch_tokens))
+        bound = self.max_ratio * (statistics.median(recent) if len(recent) >= 8 else 2.5)
+        keep = ratio <= bound
+        if keep:
+            recent.append(ratio)
+            self.table.observe(batch_tokens, seconds)
+            self.stats.observations += 1
+        else:
+            self.stats.rejected_observations += 1
+        return keep

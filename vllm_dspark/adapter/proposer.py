@@ -1,0 +1,241 @@
+"""DSparkProposer: vLLM V1's DFlash proposer with DSpark's block layout, sequential head and verification lengths.
+
+How it differs from its parent `DFlashProposer` (everything else, including context K/V and the padded batch
+bookkeeping, is inherited):
+- Block layout. DFlash queries [bonus, mask × γ] and proposes from the γ mask slots. A DSpark block of γ slots is
+  [anchor, mask × (γ−1)] and every slot proposes (slot k predicts the token after position anchor+k;
+  deepspec-format.md §5), so the parent's input kernel runs with γ−1 masks and all γ slots are sampled.
+- Token choice. Instead of an independent argmax per slot, the sequential head walks the block left to right
+  (`vllm_dspark.kernels.markov_step.markov_block`): corrected logits U_k + bias(prev), greedy or sampled with the
+  request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks), and the
+  draft distribution of every slot handed to vLLM's rejection sampler when `draft_sample_method` is
+  "probabilistic", so sampling at T > 0 stays lossless.
+- Verification lengths. The confidence head scores each slot; calibrated with the drafter's STS temperatures,
+  the confidences go to `VerifyLengthPolicy` and each request's draft list is cut to its verification length
+  (a prefix) before it reaches the scheduler. This needs synchronous scheduling (lists, not tensors); in mode
+  "static" the full [R, γ] tensor is returned and async scheduling works.
+The symbol `DFlashProposer` of vLLM's V1 runner module is replaced by this class (patches/patch_dflash_proposer),
+so a non-DSpark DFlash drafter must behave exactly like the parent: every override checks `self.is_dspark`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from vllm.v1.spec_decode.dflash import DFlashProposer
+
+from vllm_dspark.adapter import compat, spec_config
+from vllm_dspark.adapter.policy import VerifyLengthPolicy
+from vllm_dspark.adapter.sequential import SequentialStage
+from vllm_dspark.config import DSparkConfig
+from vllm_dspark.model.heads import calibrated_confidence
+
+logger = compat.get_logger(__name__)
+
+DUMP_ENV = "VLLM_DSPARK_DEBUG_DUMP"  # path of a JSONL file: one record per request per draft round (tests)
+
+
+class DSparkProposer(DFlashProposer):
+    def __init__(self, vllm_config, device: torch.device, runner=None):
+        super().__init__(vllm_config, device, runner=runner)
+        hf = self.draft_model_config.hf_config
+        self.is_dspark = spec_config.is_routed_to_us(hf)
+        if not self.is_dspark:
+            return
+        drafter = DSparkConfig.from_dict(spec_config.drafter_dict_from_hf(hf))
+        serving = spec_config.read_attached(hf)
+        if serving is None:  # config built without our EngineArgs patch (e.g. a hand-made VllmConfig)
+            serving = spec_config.resolve(None, drafter, self.num_speculative_tokens, vllm_config.model_config.hf_config)
+        if serving.needs_sync_scheduling and vllm_config.scheduler_config.async_scheduling:
+            raise RuntimeError(
+                f"vllm-dspark mode {serving.mode!r} needs async scheduling off (per-request draft lengths); "
+                "restart with --no-async-scheduling or use dspark.mode 'static'"
+            )
+        self.serving = serving
+        self.drafter_config = drafter
+        self.sts_temperatures = drafter.sts_temperatures
+        self.policy = VerifyLengthPolicy(
+            serving.mode, self.num_speculative_tokens, sla_tokens_per_user=serving.sla_tokens_per_user,
+            online_refit=serving.online_refit,
+        )
+        self._runner = runner
+        self._warm_done = False
+        self._warned_no_table = False
+        gamma = self.num_speculative_tokens
+        self._all_slots = torch.arange(self.max_batch_size * gamma, dtype=torch.int32, device=device)
+        self._rng = torch.Generator(device="cpu")
+        self._rng.manual_seed(int(vllm_config.model_config.seed or 0))
+        self._anchor_ids: torch.Tensor | None = None  # [R] this round's anchors
+        self._anchor_pos: torch.Tensor | None = None  # [R] their positions
+        self._conf_logits: torch.Tensor | None = None  # [R, γ] raw confidence logits of the last draft
+        self._request_temps: torch.Tensor | None = None  # [R] request temperatures of the last draft (dump)
+        self._last_step_t: float | None = None
+        self._last_log_t = time.monotonic()
+        self._dump_path = os.environ.get(DUMP_ENV) or None
+        self._stage: SequentialStage | None = None
+
+    # ------------------------------------------------------------------ engine start
+    def on_engine_warm(self, runner) -> None:
+        """After warm-up (KV cache and graphs exist): load or profile the cost table (patch_worker_warmup)."""
+        if not self.is_dspark or self._warm_done:
+            return
+        self._warm_done = True
+        from vllm_dspark.adapter import profile
+        from vllm_dspark.scheduling.cost import CostTable
+
+        s = self.serving
+        table = None
+        if s.cost_table is not None:
+            table = CostTable.load(s.cost_table)
+            logger.info("vllm-dspark: cost table loaded from %s: %r", s.cost_table, table)
+        elif s.needs_cost_table and s.profile:
+            table = profile.profile_runner(runner, self.num_speculative_tokens, s.profile_batch_tokens, s.profile_repeats)
+            logger.info("vllm-dspark: cost table profiled at start: %r", table)
+        if table is not None and s.save_cost_table:
+            table.save(s.save_cost_table)
+            logger.info("vllm-dspark: cost table written to %s", s.save_cost_table)
+        self.policy.table = table
+
+    # ------------------------------------------------------------------ inputs
+    def set_inputs_first_pass(self, target_token_ids, next_token_ids, target_positions, target_hidden_states,
+                              token_indices_to_sample, cad, num_rejected_tokens_gpu):
+        gamma = self.num_speculative_tokens
+        if not self.is_dspark or gamma < 1:  # γ = 0 (dynamic speculation off this step): the parent's layout
+            return super().set_inputs_first_pass(target_token_ids, next_token_ids, target_positions,
+                                                 target_hidden_states, token_indices_to_sample, cad,
+                                                 num_rejected_tokens_gpu)
+        self._anchor_ids = next_token_ids
+        # The parent lays out [next_token, mask × n] with n = its num_speculative_tokens: γ−1 gives DSpark's block.
+        self.num_speculative_tokens = gamma - 1
+        try:
+            num_query, _, new_cad = super().set_inputs_first_pass(
+                target_token_ids, next_token_ids, target_positions, target_hidden_states, token_indices_to_sample,
+                cad, num_rejected_tokens_gpu)
+        finally:
+            self.num_speculative_tokens = gamma
+        self._anchor_pos = self.positions[:num_query:gamma]  # [R] anchor slot positions
+        return num_query, self._all_slots[:num_query], new_cad
+
+    # ------------------------------------------------------------------ sequential stage
+    def _sequential_stage(self) -> SequentialStage:
+        if self._stage is None:
+            model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+            self._stage = SequentialStage(model.markov_head, model.confidence_head, self.drafter_config.vocab_size)
+        return self._stage
+
+    def _draft_temperatures(self, sampling_metadata, num_req: int, probabilistic: bool) -> torch.Tensor:
+        if not probabilistic:
+            return torch.zeros(num_req, dtype=torch.float32, device=self.device)  # greedy drafts
+        return sampling_metadata.temperature[:num_req].float()  # greedy requests carry T = 0 (< GREEDY_EPS)
+
+    def _draft_seeds(self, sampling_metadata, num_req: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """seeds [R] (the request's seed when it has one, else fresh from the engine RNG) and Philox offsets [R].
+
+        Offsets = anchor position × γ: each round of a request draws fresh noise, and a seeded request draws the
+        same noise whatever else is in the batch.
+        """
+        seeds = torch.randint(0, 2**62, (num_req,), generator=self._rng, dtype=torch.int64)
+        for i, gen in (sampling_metadata.generators or {}).items():
+            if i < num_req:
+                seeds[i] = gen.initial_seed() & (2**62 - 1)
+        offsets = self._anchor_pos[:num_req].long() * self.num_speculative_tokens
+        return seeds.to(self.device, non_blocking=True), offsets
+
+    def _sample_draft_tokens(self, hidden_states, sampling_metadata):
+        if not self.is_dspark:
+            return super()._sample_draft_tokens(hidden_states, sampling_metadata)
+        gamma = self.num_speculative_tokens
+        num_req = hidden_states.shape[0] // gamma
+        temps = sampling_metadata.temperature
+        self._request_temps = None if temps is None else temps[:num_req]
+        probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
+        base_logits = self.model.compute_logits(hidden_states)  # [R·γ, V]
+        seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
+        out = self._sequential_stage()(
+            base_logits.view(num_req, gamma, -1),
+            hidden_states.view(num_req, gamma, -1),
+            self._anchor_ids[:num_req],
+            self._draft_temperatures(sampling_metadata, num_req, probabilistic),
+            seeds,
+            offsets,
+            want_probs=probabilistic,
+        )
+        self._conf_logits = out.conf_logits  # [R, γ] or None
+        probs = out.probs.reshape(num_req * gamma, -1) if probabilistic else None  # [R·γ, V]
+        return out.tokens.reshape(-1), probs
+
+    # ------------------------------------------------------------------ one round
+    def propose(self, num_speculative_tokens, *args, **kwargs):
+        if not self.is_dspark:
+            return super().propose(num_speculative_tokens, *args, **kwargs)
+        self._observe_step(kwargs.get("common_attn_metadata"))
+        self._conf_logits = self._request_temps = None
+        drafts = super().propose(num_speculative_tokens, *args, **kwargs)  # [R, γ]
+        if self.serving.mode == "static" or self._conf_logits is None or drafts.shape[1] == 0:
+            if self._dump_path and drafts.shape[1] > 0:
+                self._dump(drafts, None)
+            return drafts
+        if self.policy.table is None:
+            if not self._warned_no_table:
+                logger.warning("vllm-dspark: no cost table (warm-up hook did not run); verifying all drafts")
+                self._warned_no_table = True
+            return drafts
+        conf = calibrated_confidence(self._conf_logits.float(), self.sts_temperatures)  # [R, γ]
+        lengths = self.policy.lengths(conf.cpu().numpy())
+        rows = drafts.cpu().tolist()
+        out = [row[: int(n)] for row, n in zip(rows, lengths)]
+        if self._dump_path:
+            self._dump(drafts, lengths)
+        self._maybe_log_stats()
+        return out
+
+    def _maybe_log_stats(self, every_s: float = 60.0) -> None:
+        now = time.monotonic()
+        if now - self._last_log_t < every_s:
+            return
+        self._last_log_t = now
+        st = self.policy.stats
+        logger.info(
+            "vllm-dspark: %d steps, %.2f verified drafts per request-step (mode %s, last %s), SLA fallbacks %d, "
+            "step-time observations kept %d / dropped %d",
+            st.steps, st.verified_tokens / max(1, st.requests), self.serving.mode, st.last_mode, st.sla_fallbacks,
+            st.observations, st.rejected_observations)
+
+    def _observe_step(self, cad) -> None:
+        """Step period = time between successive proposals; attribute it to this step's target token count."""
+        now = time.perf_counter()
+        last, self._last_step_t = self._last_step_t, now
+        if last is None or cad is None:
+            return
+        if cad.max_query_len > self.num_speculative_tokens + 1:  # a prefill chunk: not a verification step
+            return
+        self.policy.observe_step(int(cad.num_actual_tokens), now - last)
+
+    def _dump(self, drafts: torch.Tensor, lengths: np.ndarray | None) -> None:
+        runner = self._runner
+        req_ids = list(runner.input_batch.req_ids)[: drafts.shape[0]]
+        conf = None if self._conf_logits is None else self._conf_logits.float().cpu().tolist()
+        anchors = self._anchor_ids[: drafts.shape[0]].tolist()
+        temps = [0.0] * len(anchors) if self._request_temps is None else self._request_temps.float().tolist()
+        positions = self._anchor_pos[: drafts.shape[0]].tolist()
+        table = self.policy.table
+        table_ms = None if table is None else [round(t * 1e3, 4) for t in table.step_seconds.tolist()]
+        with open(self._dump_path, "a", encoding="utf-8") as f:
+            for i, req_id in enumerate(req_ids):
+                state = runner.requests.get(req_id)
+                f.write(json.dumps({
+                    "req_id": req_id,
+                    "prompt_token_ids": list(state.prompt_token_ids) if state is not None else None,
+                    "anchor_pos": int(positions[i]),
+                    "anchor": int(anchors[i]),
+                    "drafts": drafts[i].tolist(),
+                    "conf_logits": None if conf is None else conf[i],
+                    "length": None if lengths is None else int(lengths[i]),
+                    "mode": self.serving.mode,
+                    "temperature": float(temps[i]),
+                    "table_ms": table_ms if i == 0 else None,
+                }) + "\n")

@@ -1,0 +1,239 @@
+"""Our keys of `--speculative-config`: parse, validate, resolve against the drafter and the target.
+
+The one JSON a user writes (vLLM's own keys plus a `dspark` object, which vLLM would reject and we take out
+before vLLM sees it; see `patches/patch_engine_args.py`):
+
+    {"method": "dflash", "model": "<drafter dir>", "num_speculative_tokens": 7,
+     "draft_sample_method": "probabilistic",
+     "dspark": {"mode": "confidence", "sla_tokens_per_user": null, "cost_table": null, "profile": true,
+                "profile_batch_tokens": null, "profile_repeats": 3, "online_refit": true, "save_cost_table": null}}
+
+`method` may be left out when `model` is a local DSpark drafter folder; `num_speculative_tokens` (γ, drafts
+per round) then defaults to the drafter's `block_size` and must never exceed it. `"method": "dspark"` is left
+to vLLM (its native V2 speculator). The resolved settings travel to the engine processes as the attribute
+`dspark_serving` of the draft model's HF config, which vLLM pickles with the rest of its config.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vllm_dspark.adapter import compat
+from vllm_dspark.config import DrafterMismatchError, DSparkConfig, check_fits_target
+
+
+Mode = Literal["static", "confidence", "sla"]
+SERVING_ATTR = "dspark_serving"  # attribute of the draft HF config carrying the resolved settings
+KEY = "dspark"
+
+
+class DSparkConfigError(ValueError):
+    """A `--speculative-config` that vllm-dspark refuses; the message names the key and the value."""
+
+
+class DSparkServingConfig(BaseModel):
+    """The `dspark` object of `--speculative-config`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode | None = Field(
+        default=None,
+        description="static: verify all γ drafts; confidence: Algorithm 1 (expected tokens × steps/s); "
+        "sla: confidence subject to a per-user speed floor. Default: confidence when the drafter has a "
+        "confidence head, else static.",
+    )
+    sla_tokens_per_user: float | None = Field(default=None, gt=0, description="per-user tokens/s floor (mode sla)")
+    cost_table: str | None = Field(default=None, description="JSON cost table (vllm-dspark profile); skips profiling")
+    profile: bool = Field(default=True, description="profile steps/s against batch tokens at engine start")
+    profile_batch_tokens: list[int] | None = Field(default=None, description="batch sizes (tokens) to profile")
+    profile_repeats: int = Field(default=3, ge=1, le=100)
+    online_refit: bool = Field(default=True, description="refit the cost table from observed step times")
+    save_cost_table: str | None = Field(default=None, description="write the profiled table to this JSON path")
+
+    @field_validator("profile_batch_tokens")
+    @classmethod
+    def _increasing(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if len(v) < 2 or v[0] < 1 or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be >= 2 strictly increasing integers >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _sla(self) -> "DSparkServingConfig":
+        if self.mode == "sla" and self.sla_tokens_per_user is None:
+            raise ValueError("mode 'sla' needs sla_tokens_per_user (tokens/s per user, > 0)")
+        if self.sla_tokens_per_user is not None and self.mode not in ("sla", None):
+            raise ValueError(f"sla_tokens_per_user is only used by mode 'sla', but mode is {self.mode!r}")
+        return self
+
+
+class ResolvedServing(DSparkServingConfig):
+    """Settings after resolution against the drafter (mode filled in) plus what the engine needs to know."""
+
+    mode: Mode  # type: ignore[assignment]
+    num_speculative_tokens: int = Field(ge=1)
+    block_size: int = Field(ge=1)
+    has_confidence_head: bool
+
+    @property
+    def needs_sync_scheduling(self) -> bool:
+        # Per-request draft lengths are returned as lists, which V1 accepts only with async scheduling off.
+        return self.mode != "static"
+
+    @property
+    def needs_cost_table(self) -> bool:
+        return self.mode != "static" or self.save_cost_table is not None
+
+
+def parse_settings(raw: Any) -> DSparkServingConfig:
+    """Validate the `dspark` object; errors name `dspark.<key>` and the offending value."""
+    if raw is None:
+        return DSparkServingConfig()
+    if not isinstance(raw, dict):
+        raise DSparkConfigError(f"--speculative-config: '{KEY}' must be a JSON object, got {type(raw).__name__}: {raw!r}")
+    try:
+        settings = DSparkServingConfig.model_validate(raw)
+    except ValidationError as e:
+        raise DSparkConfigError(_describe(e)) from None
+    if settings.cost_table is not None:
+        _check_cost_table(settings.cost_table)
+    return settings
+
+
+def _describe(err: ValidationError) -> str:
+    allowed = ", ".join(DSparkServingConfig.model_fields)
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        key = f"{KEY}.{loc}" if loc else KEY
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}' (allowed keys in '{KEY}': {allowed})")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"'{key}': {msg} (got {item.get('input')!r})")
+    return "--speculative-config: " + "; ".join(lines)
+
+
+def _check_cost_table(path: str) -> None:
+    from vllm_dspark.scheduling.cost import CostTable
+
+    p = Path(path)
+    if not p.is_file():
+        raise DSparkConfigError(f"--speculative-config: '{KEY}.cost_table' = {path!r} is not a file")
+    try:
+        CostTable.load(p)
+    except ValueError as e:
+        raise DSparkConfigError(f"--speculative-config: '{KEY}.cost_table' = {path!r} is not a valid cost table: {e}")
+
+
+def local_drafter_config(model: Any) -> dict | None:
+    """config.json of a local drafter folder, or None (hub ids, missing folders)."""
+    if not isinstance(model, str):
+        return None
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_dspark_drafter_dict(cfg: dict | None) -> bool:
+    return bool(cfg) and compat.DRAFTER_ARCH in (cfg.get("architectures") or [])
+
+
+def prepare(spec: dict) -> tuple[dict, DSparkServingConfig | None]:
+    """Before vLLM parses the dict: take out `dspark`, route a DSpark drafter to the DFlash path, default γ.
+
+    Returns (the dict vLLM gets, the parsed settings or None when this is not a vllm-dspark configuration).
+    """
+    spec = {str(k).replace("-", "_"): v for k, v in spec.items()}
+    given = KEY in spec
+    settings = parse_settings(spec.pop(KEY, None))
+    drafter = local_drafter_config(spec.get("model"))
+    ours = is_dspark_drafter_dict(drafter)
+    method = spec.get("method")
+    if given:
+        if method is None:
+            spec["method"] = "dflash"
+        elif method != "dflash":
+            raise DSparkConfigError(
+                f"--speculative-config: '{KEY}' settings need \"method\": \"dflash\" (vllm-dspark runs DSpark "
+                f"through vLLM's DFlash proposer on the V1 runner; \"dspark\" selects vLLM's native speculator), "
+                f"got \"method\": {method!r}"
+            )
+        if drafter is not None and not ours:
+            raise DSparkConfigError(
+                f"--speculative-config: '{KEY}' settings need a DSpark drafter, but {spec.get('model')!r} has "
+                f"architectures {drafter.get('architectures')!r} (want [{compat.DRAFTER_ARCH!r}])"
+            )
+    elif ours and method in (None, "dflash"):
+        spec["method"] = "dflash"
+    else:  # not a DSpark drafter, or an explicit other method (e.g. vLLM's native "dspark")
+        return spec, None
+    if ours and spec.get("num_speculative_tokens") is None and "block_size" in drafter:
+        spec["num_speculative_tokens"] = int(drafter["block_size"])
+    return spec, settings
+
+
+def drafter_dict_from_hf(hf_config: Any) -> dict:
+    """The drafter's own config dict from vLLM's draft HF config (an EAGLEConfig wrapping it for DFlash)."""
+    inner = getattr(hf_config, "model", None)
+    src = inner if inner is not None and hasattr(inner, "to_dict") else hf_config
+    return src.to_dict()
+
+
+def is_routed_to_us(hf_config: Any) -> bool:
+    return compat.ROUTED_ARCH in (getattr(hf_config, "architectures", None) or [])
+
+
+def resolve(
+    settings: DSparkServingConfig | None,
+    drafter: DSparkConfig,
+    num_speculative_tokens: int,
+    target_hf_config: Any,
+) -> ResolvedServing:
+    """Check the drafter against the target and γ against the drafter; fill in the mode."""
+    settings = settings or DSparkServingConfig()
+    try:
+        check_fits_target(drafter, target_hf_config)
+    except DrafterMismatchError as e:
+        raise DSparkConfigError(f"--speculative-config: 'model' {e}") from None
+    if num_speculative_tokens > drafter.block_size:
+        raise DSparkConfigError(
+            f"--speculative-config: 'num_speculative_tokens' = {num_speculative_tokens} exceeds the drafter's "
+            f"block_size = {drafter.block_size} (a DSpark block drafts at most block_size tokens)"
+        )
+    mode = settings.mode or ("confidence" if drafter.enable_confidence_head else "static")
+    if mode != "static" and not drafter.enable_confidence_head:
+        raise DSparkConfigError(
+            f"--speculative-config: '{KEY}.mode' = {mode!r} needs a drafter with a confidence head "
+            f"(enable_confidence_head is false); use mode 'static'"
+        )
+    if mode != "static" and settings.cost_table is None and not settings.profile:
+        raise DSparkConfigError(
+            f"--speculative-config: '{KEY}.mode' = {mode!r} needs a cost table: set '{KEY}.cost_table' to a file "
+            f"from `vllm-dspark profile` or leave '{KEY}.profile' true"
+        )
+    data = settings.model_dump()
+    data.update(
+        mode=mode,
+        num_speculative_tokens=num_speculative_tokens,
+        block_size=drafter.block_size,
+        has_confidence_head=drafter.enable_confidence_head,
+    )
+    return ResolvedServing.model_validate(data)
+
+
+def attach(hf_config: Any, resolved: ResolvedServing) -> None:
+    setattr(hf_config, SERVING_ATTR, resolved.model_dump())
+
+
+def read_attached(hf_config: Any) -> ResolvedServing | None:
+    data = getattr(hf_config, SERVING_ATTR, None)
+    return None if data is None else ResolvedServing.model_validate(data)
