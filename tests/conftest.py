@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton fixes at definition time whether a @triton.jit function (its standard library's included) is
+    # interpreted, so the kernel tests' interpreter mode must be on before anything (vLLM, our kernels) imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # makes `reference` importable from every test folder
     sys.path.insert(0, str(TESTS_DIR))
