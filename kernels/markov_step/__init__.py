@@ -2,7 +2,8 @@
 confidence logit; whole vocabulary or restricted to top-k candidates; one position or a whole block.
 
 Dispatch: the Triton kernels (kernel.py) on CUDA tensors when Triton imports, else the torch reference
-(reference.py, also the test oracle); force either with `backend="triton" | "torch"` or $DSPARK_KERNEL_BACKEND.
+(reference.py, also the test oracle; `markov_block` takes its leaner twin fast_torch.py, the CPU serving path);
+force either with `backend="triton" | "torch"` or $DSPARK_KERNEL_BACKEND.
 Semantics and the sampling contract: common.py.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import resolve_backend
-from . import reference
+from . import fast_torch, reference
 from .common import (
     GREEDY_EPS,
     SAMPLE_GROUP,
@@ -66,6 +67,9 @@ def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperatur
                  compute_dtype=torch.float32) -> BlockOutput:
     """All γ positions of a draft block: base_logits [N, γ, V], hidden [N, γ, H], anchor [N] ->
     tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block."""
-    return _impl(backend, base_logits.device).markov_block(
+    impl = _impl(backend, base_logits.device)
+    if impl is reference:
+        impl = fast_torch  # the reference's results with fewer ops (the CPU serving path)
+    return impl.markov_block(
         base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf, output=output,
         topk_ids=topk_ids, compute_dtype=compute_dtype)
