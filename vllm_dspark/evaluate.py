@@ -5,7 +5,6 @@ acceptance at position j = fraction of rounds with a > j among rounds that propo
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from vllm_dspark.decoding import GenerationResult, speculative_generate
+from vllm_dspark.jsonl import encode_prompt, iter_objects
 from vllm_dspark.model import DSparkDrafter
 
 
@@ -39,46 +39,30 @@ def read_prompts(
 ) -> list[Prompt]:
     """JSONL lines with "prompt" (text; rendered with the chat template when `chat`) or "prompt_token_ids"."""
     path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"prompt file {path} does not exist")
     prompts: list[Prompt] = []
-    opener = __import__("gzip").open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not ({"prompt", "prompt_token_ids"} & row.keys()):
-                raise PromptFileError(f'{path}:{lineno}: expected an object with "prompt" or "prompt_token_ids"')
-            if "prompt_token_ids" in row:
-                ids = row["prompt_token_ids"]
-                if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
-                    raise PromptFileError(f"{path}:{lineno}: prompt_token_ids must be a list of non-negative ints")
-            else:
-                if tokenizer is None:
-                    raise PromptFileError(f'{path}:{lineno}: a text "prompt" needs a tokenizer')
-                text = row["prompt"]
-                if not isinstance(text, str):
-                    raise PromptFileError(f'{path}:{lineno}: "prompt" must be a string')
-                if chat:
-                    ids = tokenizer.apply_chat_template(
-                        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-                    )
-                    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-                else:
-                    ids = tokenizer(text)["input_ids"]
-            if not ids:
-                raise PromptFileError(f"{path}:{lineno}: the prompt is empty")
-            if max_context is not None and len(ids) >= max_context:
-                raise PromptFileError(
-                    f"{path}:{lineno}: prompt has {len(ids)} tokens, the target's context is {max_context}"
-                )
-            prompts.append(Prompt(lineno, ids))
-            if limit is not None and len(prompts) >= limit:
-                break
+    for lineno, row in iter_objects(path, PromptFileError, "prompt file"):
+        if not ({"prompt", "prompt_token_ids"} & row.keys()):
+            raise PromptFileError(f'{path}:{lineno}: expected an object with "prompt" or "prompt_token_ids"')
+        if "prompt_token_ids" in row:
+            ids = row["prompt_token_ids"]
+            if not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids):
+                raise PromptFileError(f"{path}:{lineno}: prompt_token_ids must be a list of non-negative ints")
+        else:
+            if tokenizer is None:
+                raise PromptFileError(f'{path}:{lineno}: a text "prompt" needs a tokenizer')
+            text = row["prompt"]
+            if not isinstance(text, str):
+                raise PromptFileError(f'{path}:{lineno}: "prompt" must be a string')
+            ids = encode_prompt(tokenizer, text, chat, PromptFileError, f"{path}:{lineno}")
+        if not ids:
+            raise PromptFileError(f"{path}:{lineno}: the prompt is empty")
+        if max_context is not None and len(ids) >= max_context:
+            raise PromptFileError(
+                f"{path}:{lineno}: prompt has {len(ids)} tokens, the target's context is {max_context}"
+            )
+        prompts.append(Prompt(lineno, ids))
+        if limit is not None and len(prompts) >= limit:
+            break
     if not prompts:
         raise PromptFileError(f"{path}: no prompts (the file is empty)")
     return prompts

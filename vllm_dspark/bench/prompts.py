@@ -1,10 +1,11 @@
 """Benchmark prompts: a JSONL file (`{"prompt": "..."}` or `{"prompt_token_ids": [...]}` per line) or a built-in set."""
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from vllm_dspark.jsonl import iter_objects
 
 
 @dataclass(frozen=True)
@@ -33,30 +34,21 @@ def builtin_prompts() -> list[Prompt]:
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
-    """Read prompts from JSONL; each non-blank line needs a string `prompt` or an int list `prompt_token_ids`."""
+    """Read prompts from JSONL(.gz); each non-blank line needs a string `prompt` or an int list `prompt_token_ids`."""
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            ids = row.get("prompt_token_ids")
-            if ids is not None:
-                if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
-                    raise ValueError(f"{path}:{line_no}: 'prompt_token_ids' must be a non-empty list of ints")
-                prompts.append(Prompt(index=len(prompts), token_ids=tuple(ids)))
-            elif isinstance(row.get("prompt"), str) and row["prompt"]:
-                prompts.append(Prompt(index=len(prompts), text=row["prompt"]))
-            else:
-                raise ValueError(
-                    f"{path}:{line_no}: needs a non-empty string 'prompt' or a list 'prompt_token_ids' "
-                    f"(keys present: {sorted(row)})"
-                )
+    for line_no, row in iter_objects(path, ValueError, "prompt file"):
+        ids = row.get("prompt_token_ids")
+        if ids is not None:
+            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
+                raise ValueError(f"{path}:{line_no}: 'prompt_token_ids' must be a non-empty list of ints")
+            prompts.append(Prompt(index=len(prompts), token_ids=tuple(ids)))
+        elif isinstance(row.get("prompt"), str) and row["prompt"]:
+            prompts.append(Prompt(index=len(prompts), text=row["prompt"]))
+        else:
+            raise ValueError(
+                f"{path}:{line_no}: needs a non-empty string 'prompt' or a list 'prompt_token_ids' "
+                f"(keys present: {sorted(row)})"
+            )
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

@@ -16,7 +16,6 @@ position it lands on: what makes multi-process training equal to one process on 
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
+
+from vllm_dspark.jsonl import encode_prompt as _encode_prompt
+from vllm_dspark.jsonl import iter_objects, render_chat
 
 LongPolicy = Literal["error", "skip", "truncate"]
 AnchorRegion = Literal["response", "all"]
@@ -62,25 +64,8 @@ def check_tokenizer_fits_target(tokenizer: Any, vocab_size: int, source: str = "
         )
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    with _open(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    return iter_objects(path, DataError, "data file")
 
 
 def _ids(value: Any, where: str, field: str, vocab_size: int) -> list[int]:
@@ -96,18 +81,11 @@ def _ids(value: Any, where: str, field: str, vocab_size: int) -> list[int]:
 
 
 def _render_prompt(tokenizer: Any, messages: list[dict], where: str) -> list[int]:
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"{where}: chat data needs a tokenizer with a chat template; this one has none")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return list(ids)
+    return render_chat(tokenizer, messages, DataError, where)
 
 
 def encode_prompt(tokenizer: Any, text: str, chat: bool, where: str = "prompt") -> list[int]:
-    if chat:
-        return _render_prompt(tokenizer, [{"role": "user", "content": text}], where)
-    return list(tokenizer(text)["input_ids"])
+    return _encode_prompt(tokenizer, text, chat, DataError, where)
 
 
 def read_records(

@@ -37,7 +37,6 @@ from vllm_dspark.training.data import (
     Batch,
     DataError,
     LongPolicy,
-    Record,
     global_batch_indices,
     make_batch,
     read_records,
