@@ -24,7 +24,11 @@ _W2_CACHE: dict[tuple, torch.Tensor] = {}
 def _w2_in(w2: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
     if w2.dtype == cd:
         return w2
-    key = (w2.untyped_storage().data_ptr(), w2.data_ptr(), tuple(w2.shape), w2.dtype, cd, w2._version, w2.device)
+    try:
+        version = w2._version
+    except RuntimeError:  # an inference-mode tensor has no version counter (and cannot be updated in place)
+        version = -1
+    key = (w2.untyped_storage().data_ptr(), w2.data_ptr(), tuple(w2.shape), w2.dtype, cd, version, w2.device)
     hit = _W2_CACHE.get(key)
     if hit is None:
         if len(_W2_CACHE) > 8:  # a handful of drafters per process at most; never grow without bound

@@ -78,3 +78,14 @@ def test_w2_cache_follows_in_place_updates():
     got = fast_torch.markov_block(*args(), output="logits")
     want = reference.markov_block(*args(), output="logits")
     torch.testing.assert_close(got.logits, want.logits, **TOL["logits"])
+
+
+def test_inference_mode_weights():
+    # vLLM may create or load weights under torch.inference_mode(): such tensors have no version counter.
+    with torch.inference_mode():
+        w, conf = _weights(97, 8, 4, "vanilla", torch.bfloat16, 2)
+        u, hidden = torch.randn(2, 3, 97), torch.randn(2, 3, 8)
+        args = (u, hidden, torch.tensor([1, 2]), w, torch.zeros(2), torch.zeros(2, dtype=torch.long))
+        got = fast_torch.markov_block(*args, conf=conf, output="logits")
+        want = reference.markov_block(*args, conf=conf, output="logits")
+    torch.testing.assert_close(got.logits, want.logits, **TOL["logits"])
