@@ -132,6 +132,19 @@ def test_sts_is_sequential_and_handles_unproposed_positions():
     assert temps_short[2] == 1.0 and temps_short[0] == temps[0]
 
 
+def test_sts_leaves_positions_without_enough_events_at_one():
+    # A weak drafter: position 3 is never accepted. Its raw logits are overconfident (positive for some rounds);
+    # with no survival to calibrate against, its temperature must stay 1 rather than run to the grid's edge.
+    rng = np.random.default_rng(5)
+    logits, accepted, proposed = synthetic_rounds(rng, 4000, [2.0, 1.0, 1.0])
+    accepted = np.minimum(accepted, 2)
+    logits[:, 2] = rng.normal(1.0, 1.0, size=len(logits))
+    temps = fit_sts(logits, accepted, proposed)
+    assert temps[2] == 1.0 and temps[0] != 1.0
+    unguarded = fit_sts(logits, accepted, proposed, min_events=0)[2]
+    assert unguarded <= 0.06 or unguarded >= 19  # what the guard prevents: the grid's edge (0.05 or 20)
+
+
 def test_sts_calibrated_logits_stay_put():
     # The head is already calibrated: STS should keep temperatures near 1.
     logits, accepted, proposed = synthetic_rounds(np.random.default_rng(4), 20000, [1.0, 1.0, 1.0])

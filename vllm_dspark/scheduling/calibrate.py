@@ -146,8 +146,11 @@ def _grid_argmin(temps: np.ndarray, scores: np.ndarray) -> int:
 
 
 def fit_sts(conf_logits, accepted_len, proposed_len=None, grid: Sequence[float] | None = None, n_bins: int = 15,
-            refine_points: int = 41) -> np.ndarray:
-    """Sequential Temperature Scaling. Returns temps [gamma] (float64; 1.0 where no round proposed position k).
+            refine_points: int = 41, min_events: int = 10) -> np.ndarray:
+    """Sequential Temperature Scaling. Returns temps [gamma] (float64; 1.0 where no round proposed position k, and
+    where position k has fewer than `min_events` survivals or fewer than `min_events` failures: there the ECE is
+    noise, and a weak drafter's deep positions, never accepted, would otherwise drive T to the grid's edge and turn
+    any positive logit into certainty).
 
     Args:
         conf_logits: [N, gamma] confidence-head logits of held-out rounds.
@@ -168,6 +171,9 @@ def fit_sts(conf_logits, accepted_len, proposed_len=None, grid: Sequence[float] 
         if not rows.any():
             continue
         event = (acc[rows] >= k + 1).astype(np.float64)
+        if min(event.sum(), (1.0 - event).sum()) < min_events:
+            prefix = prefix * sigmoid(logits[:, k])
+            continue
 
         def scores(candidates: np.ndarray) -> np.ndarray:
             probs = prefix[rows][None, :] * sigmoid(logits[rows, k][None, :] / candidates[:, None])  # [G, n_k]
