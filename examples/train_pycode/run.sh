@@ -4,7 +4,7 @@
 #   examples/train_pycode/run.sh gpu   # each drafter <= 10 min on one H100 (transformers only, no vLLM needed)
 # Outputs go to runs/pycode-<size>/ (git-ignored): {dspark,dflash,eagle3}/ drafters, eval/*.json, RESULTS.md.
 # Steps already done are skipped (delete their output to redo). Overridable: TARGET, OUT, TIME_BUDGET_MIN,
-# NUM_PROMPTS, EVAL_PROMPTS, CALIB_PROMPTS, MAX_NEW_TOKENS, PYTHON, DEVICE, EXTRA_TRAIN_ARGS, ALGOS (default "dspark dflash eagle3"; two
+# NUM_PROMPTS, EVAL_PROMPTS, CALIB_PROMPTS, MAX_NEW_TOKENS, PYTHON, DEVICE, TARGET_LAYERS, EXTRA_TRAIN_ARGS, ALGOS (default "dspark dflash eagle3"; two
 # invocations with disjoint ALGOS train side by side, one core each on the cpu size), and STEPS (which steps to run, default
 # "regen train calibrate eval": e.g. STEPS="regen train" on a lent GPU, then the rest elsewhere).
 set -euo pipefail
@@ -17,6 +17,9 @@ TARGET=${TARGET:-$REPO/../shared/models/pycode-23m}
 OUT=${OUT:-runs/pycode-$SIZE}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
 GAMMA=7
+# The same target layers for every drafter (a fair comparison): EAGLE-3's low / middle / high of pycode-23m's six
+# layers. (DSpark's own default, DeepSpec's spread over 1..L-3, would stop at layer 3 of this shallow target.)
+TARGET_LAYERS=${TARGET_LAYERS:-1,2,4}
 STEPS=${STEPS:-regen train calibrate eval}
 ALGOS=${ALGOS:-dspark dflash eagle3}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -41,7 +44,7 @@ case "$SIZE" in
     ;;
   *) echo "usage: run.sh cpu|gpu" >&2; exit 2 ;;
 esac
-TRAIN+=(${EXTRA_TRAIN_ARGS:-})
+TRAIN+=(--target-layer-ids "$TARGET_LAYERS" ${EXTRA_TRAIN_ARGS:-})
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/recipe.log"; }
 log "recipe $SIZE: target $TARGET, out $OUT, $(nproc --all) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, load: $(cut -d' ' -f1-3 /proc/loadavg)"
