@@ -55,7 +55,7 @@ if want regen && [ ! -s "$DATA" ]; then
   log "regenerate $NUM_PROMPTS prompts"
   $PYTHON -m vllm_dspark regenerate --target "$TARGET" --prompts "$TARGET/train_prompts.jsonl.gz" --out "$DATA" \
     --num-prompts "$NUM_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS" --temperature 1.0 "${REGEN[@]}" \
-    | tee "$OUT/regenerate.json"
+    | tee "$OUT/regenerate.log" | tail -n 1 > "$OUT/regenerate.json"  # vLLM logs to stdout too; the summary is last
 fi
 
 # 2. held-out calibration prompts: the end of train_prompts (never in the training slice, not in eval_prompts)
