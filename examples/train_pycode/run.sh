@@ -4,9 +4,9 @@
 #   examples/train_pycode/run.sh gpu   # each drafter <= 10 min on one H100 (transformers only, no vLLM needed)
 # Outputs go to runs/pycode-<size>/ (git-ignored): {dspark,dflash,eagle3}/ drafters, eval/*.json, RESULTS.md.
 # Steps already done are skipped (delete their output to redo). Overridable: TARGET, OUT, TIME_BUDGET_MIN,
-# NUM_PROMPTS, EVAL_PROMPTS, CALIB_PROMPTS, MAX_NEW_TOKENS, PYTHON, DEVICE, TARGET_LAYERS, EXTRA_TRAIN_ARGS, ALGOS (default "dspark dflash eagle3"; two
-# invocations with disjoint ALGOS train side by side, one core each on the cpu size), and STEPS (which steps to run, default
-# "regen train calibrate eval": e.g. STEPS="regen train" on a lent GPU, then the rest elsewhere).
+# NUM_PROMPTS, EVAL_PROMPTS, CALIB_PROMPTS, MAX_NEW_TOKENS, PYTHON, DEVICE, TARGET_LAYERS, EXTRA_TRAIN_ARGS,
+# ALGOS (default "dspark dflash eagle3"; two invocations with disjoint ALGOS train side by side, one core each on
+# the cpu size), and STEPS (default "regen train calibrate eval": e.g. "regen train" on a lent GPU, the rest here).
 set -euo pipefail
 SIZE=${1:?usage: run.sh cpu|gpu}
 HERE=$(cd "$(dirname "$0")" && pwd)
