@@ -8,6 +8,8 @@
 # ALGOS (default "dspark dflash eagle3"; two invocations with disjoint ALGOS train side by side, one core each on
 # the cpu size), and STEPS (default "regen train calibrate eval": e.g. "regen train" on a lent GPU, the rest here).
 set -euo pipefail
+# The body is one function so bash parses the whole file before running (safe to edit while a recipe runs).
+main() {
 SIZE=${1:?usage: run.sh cpu|gpu}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -100,3 +102,5 @@ done
 
 want eval && $PYTHON "$HERE/make_table.py" "$OUT" | tee "$OUT/RESULTS.md"
 log "done: $OUT/RESULTS.md"
+}
+main "$@"
