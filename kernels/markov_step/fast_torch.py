@@ -67,8 +67,6 @@ def markov_block(
         counters = offsets.long()[:, None] + torch.arange(gamma, device=seeds.device)
         u1, u2 = reference.uniforms(seeds.long()[:, None].expand(n, gamma).reshape(-1), counters.reshape(-1))
         u1, u2 = u1.view(n, gamma), u2.view(n, gamma)
-    conf_w = None if conf is None else conf.weight.to(cd)
-    conf_b = None if conf is None else conf.bias.to(cd)
 
     tokens, logprobs, lses, confs, extra = [], [], [], [], []
     prev, state = anchor, None
@@ -92,8 +90,7 @@ def markov_block(
         elif output == "logits":
             extra.append(logits.float())
         if conf is not None:
-            x = torch.cat([h_k.to(cd), w1_prev.to(cd)], dim=-1) if conf.with_markov else h_k.to(cd)
-            confs.append((x @ conf_w + conf_b).float())
+            confs.append(reference._confidence(conf, h_k, w1_prev, cd))
         tokens.append(tok)
         logprobs.append(lp.float())
         lses.append(lse.float())
