@@ -11,11 +11,17 @@ For each batch size and mode (greedy / sampled) it prints a table row and record
   floor_ms   the bandwidth floor measured in the same run: time of `dst.copy_(src)` with src of MB/2 bytes, i.e.
              a device copy that reads + writes the same number of bytes as the round must read.
   x_floor    graph_ms / floor_ms (target: <= 1.3 at batch >= 64 on H100).
-  tgt_ms     estimated target step: a Qwen3-8B-sized chain of bf16 `F.linear`s (36 layers of qkv [6144, 4096],
-             o [4096, 4096], gate_up [24576, 4096], down [4096, 12288] + lm_head [151936, 4096]; attention and
-             norms omitted, so this underestimates the step and overestimates the head's share) at the tokens of
-             the verification step the round feeds: N·(γ+1). `tgt1_ms` is the same at N tokens (a plain decode step).
-  head_pct   graph_ms / tgt_ms (target: <= 2 %).
+  tgt_ms     estimated target step, linear part only: a Qwen3-8B-sized chain of bf16 `F.linear`s (36 layers of
+             qkv [6144, 4096], o [4096, 4096], gate_up [24576, 4096], down [4096, 12288] + lm_head [151936, 4096];
+             attention and norms omitted, so this underestimates the step and overestimates the head's share) at
+             the tokens of the verification step the round feeds: N·(γ+1). `tgt1_ms` is the same at N tokens (a
+             plain decode step).
+  tgt_ctx_ms the same chain plus each layer's attention of the N·(γ+1) queries over a bf16 KV cache of
+             --context tokens per request (F.scaled_dot_product_attention, GQA 32 query / 8 KV heads of 128; two
+             distinct KV caches alternate so every layer reads its KV from HBM): the cost-realistic target step.
+  head_pct   graph_ms / tgt_ms (conservative); head_pct_ctx = graph_ms / tgt_ctx_ms (target: <= 2 %).
+  reread_ms  (--draw-ablation, sampled rows) graph_ms with kernel.TILE_DRAW off: the select kernel re-reads the
+             drawn group's W2 rows instead of using the tile kernel's in-group draw.
 
 GPU (standalone: torch + Triton, no vLLM needed):
   python benchmarks/kernels/bench_markov_step.py --json out.json
@@ -37,7 +43,7 @@ from vllm_dspark.kernels.graphs import GraphedDraftRound
 from vllm_dspark.kernels.markov_step import ConfidenceWeights, MarkovWeights, markov_block, reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-QWEN3_8B = dict(hidden=4096, intermediate=12288, layers=36, q_dim=4096, kv_dim=1024, vocab=151936)
+QWEN3_8B = dict(hidden=4096, intermediate=12288, layers=36, q_dim=4096, kv_dim=1024, head_dim=128, vocab=151936)
 
 
 def parse_args(argv=None):
@@ -55,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--no-eager", action="store_true")
     p.add_argument("--no-graph", action="store_true")
     p.add_argument("--no-target", action="store_true", help="skip the target-step estimate")
+    p.add_argument("--context", type=int, default=2048,
+                   help="KV-cache tokens per request for the cost-realistic target step (tgt_ctx_ms); 0 skips it")
+    p.add_argument("--draw-ablation", action="store_true",
+                   help="sampled rows: also time the graph with kernel.TILE_DRAW off (reread_ms)")
     p.add_argument("--no-alternate", action="store_true", help="ablation: same tile order at every position")
     p.add_argument("--tile-configs", default="",
                    help="sweep tile-kernel configs BLOCK_NxWARPSxSTAGESxPROGRAMS_PER_SM, e.g. 16x4x3x1,64x8x2x1 "
@@ -67,6 +77,7 @@ def parse_args(argv=None):
         args.vocab, args.rank, args.hidden, args.gamma = 2053, 32, 64, 3
         args.batch = "1,4"
         args.reps = min(args.reps, 3)
+        args.context = min(args.context, 64)
     return args
 
 
@@ -97,20 +108,35 @@ def copy_floor_ms(nbytes: int, device, bench) -> float:
     return bench(lambda: dst.copy_(src))
 
 
-def target_step_ms(tokens: int, dtype, device, bench, shape=QWEN3_8B, distinct_layers=2) -> float:
-    """bf16 linear chain of a Qwen3-8B-sized stack at `tokens` rows (see module docstring)."""
-    h, i, qd, kv = shape["hidden"], shape["intermediate"], shape["q_dim"], shape["kv_dim"]
+def target_step_ms(n_req: int, q_len: int, dtype, device, bench, shape=QWEN3_8B, context: int = 0,
+                   distinct_layers: int = 2) -> float:
+    """A Qwen3-8B-sized bf16 stack at n_req·q_len tokens: the linear chain, plus attention over `context` cached
+    tokens per request when context > 0 (see module docstring)."""
+    h, i, qd, kv, hd = shape["hidden"], shape["intermediate"], shape["q_dim"], shape["kv_dim"], shape["head_dim"]
     mk = lambda o, k: torch.randn(o, k, device=device, dtype=dtype) * 0.02  # noqa: E731
     layers = [dict(qkv=mk(qd + 2 * kv, h), o=mk(h, qd), gate_up=mk(2 * i, h), down=mk(h, i))
               for _ in range(distinct_layers)]  # distinct layers >> L2, so alternating them re-reads HBM like 36
+    kv_heads, group = kv // hd, qd // kv
+    if context > 0:  # [N, KV heads, C, hd] per distinct layer
+        for w in layers:
+            w["k"], w["v"] = (torch.randn(n_req, kv_heads, context, hd, device=device, dtype=dtype)
+                              for _ in range(2))
     lm_head = mk(shape["vocab"], h)
-    x0 = torch.randn(tokens, h, device=device, dtype=dtype)
+    x0 = torch.randn(n_req * q_len, h, device=device, dtype=dtype)
+
+    def attention(q, w):
+        # GQA as plain attention: each KV head's `group` query heads x q_len tokens become one query sequence.
+        q = q.view(n_req, q_len, kv_heads, group, hd).permute(0, 2, 1, 3, 4).reshape(n_req, kv_heads, -1, hd)
+        o = F.scaled_dot_product_attention(q, w["k"], w["v"])
+        return o.view(n_req, kv_heads, q_len, group, hd).permute(0, 2, 1, 3, 4).reshape(n_req * q_len, qd)
 
     def step():
         x = x0
         for li in range(shape["layers"]):
             w = layers[li % distinct_layers]
             a = F.linear(x, w["qkv"])[:, :qd]
+            if context > 0:
+                a = attention(a, w)
             x = x + F.linear(a, w["o"])
             g, u = F.linear(x, w["gate_up"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(g) * u, w["down"])
@@ -118,7 +144,9 @@ def target_step_ms(tokens: int, dtype, device, bench, shape=QWEN3_8B, distinct_l
 
     for _ in range(2):  # cuBLAS picks algorithms / allocates workspace on first use of a shape
         step()
-    return bench(step)
+    ms = bench(step)
+    del layers
+    return ms
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -159,29 +187,32 @@ def run(args) -> dict:
 
         kernel.ALTERNATE_TILE_ORDER = not args.no_alternate
     target_shape = QWEN3_8B if device.type == "cuda" else dict(hidden=64, intermediate=192, layers=2, q_dim=64,
-                                                                 kv_dim=16, vocab=v)
+                                                                 kv_dim=16, head_dim=8, vocab=v)
     info = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, triton=_triton_version(), shapes=dict(vocab=v, rank=r, hidden=h, gamma=gamma),
         dtype=args.dtype, output=args.output, backend=backend, alternate_tile_order=not args.no_alternate,
-        target_shape=target_shape, floor="device copy (dst.copy_(src)) moving the round's bytes (read+write)",
+        target_shape=target_shape, context=args.context, floor="device copy (dst.copy_(src)) moving the round's bytes (read+write)",
         rows=[],
     )
     cols = ["batch", "mode", "MB", "floor_ms", "eager_ms", "triton_ms", "graph_ms", "x_floor", "GB/s",
-            "tgt_ms", "tgt1_ms", "head_pct"]
+            "tgt_ms", "tgt1_ms", "tgt_ctx_ms", "head_pct", "head_pct_ctx"]
     print(f"# {info['device']}  torch {info['torch']}  triton {info['triton']}  V={v} r={r} H={h} γ={gamma} "
           f"{args.dtype} output={args.output}")
     print(" ".join(f"{c:>9}" for c in cols))
     for n in [int(b) for b in args.batch.split(",")]:
         nbytes = round_bytes(n, gamma, v, r, h, dtype)
         floor = copy_floor_ms(nbytes, device, bench)
-        tgt = tgt1 = float("nan")
+        tgt = tgt1 = tgt_ctx = float("nan")
         if not args.no_target:
-            tgt = target_step_ms(n * (gamma + 1), dtype, device, bench, target_shape)
-            tgt1 = target_step_ms(n, dtype, device, bench, target_shape)
+            tgt = target_step_ms(n, gamma + 1, dtype, device, bench, target_shape)
+            tgt1 = target_step_ms(n, 1, dtype, device, bench, target_shape)
+            if args.context > 0:
+                tgt_ctx = target_step_ms(n, gamma + 1, dtype, device, bench, target_shape, context=args.context)
         for mode in args.modes.split(","):
             u, hidden, anchor, temp, seeds = make_inputs(n, gamma, v, h, dtype, device, mode == "greedy", gen)
-            row = dict(batch=n, mode=mode, MB=nbytes / 1e6, floor_ms=floor, tgt_ms=tgt, tgt1_ms=tgt1)
+            row = dict(batch=n, mode=mode, MB=nbytes / 1e6, floor_ms=floor, tgt_ms=tgt, tgt1_ms=tgt1,
+                       tgt_ctx_ms=tgt_ctx)
 
             def fused(u=u, hidden=hidden, anchor=anchor, temp=temp, seeds=seeds):
                 return markov_block(u, hidden, anchor, weights, temp, seeds, conf=conf, output=args.output,
@@ -206,12 +237,18 @@ def run(args) -> dict:
             if args.profile and device.type == "cuda":
                 row["profile"] = _profile(fused)
             row["graph_ms"] = float("nan") if args.no_graph else graph_ms()
+            if args.draw_ablation and mode == "sample" and device.type == "cuda":
+                row["reread_ms"] = _with_kernel_flag("TILE_DRAW", False, graph_ms if not args.no_graph else
+                                                     (lambda: bench(fused)))
             best = row["graph_ms"] if row["graph_ms"] == row["graph_ms"] else row["triton_ms"]
             row["x_floor"] = best / floor
             row["GB/s"] = nbytes / best / 1e6
             row["head_pct"] = 100.0 * best / tgt
+            row["head_pct_ctx"] = 100.0 * best / tgt_ctx
             info["rows"].append(row)
             print(" ".join(_fmt(row[c]) for c in cols))
+            if "reread_ms" in row:
+                print(f"   TILE_DRAW off (select re-reads W2): {row['reread_ms']:.3f} ms")
             if "sweep" in row:
                 print("   sweep:", ", ".join(f"{k}={t:.3f}ms" for k, t in row["sweep"].items()))
     if args.json:
@@ -239,6 +276,18 @@ def _sweep(spec, fused, time_it) -> dict:
         finally:
             kernel.TILE_CONFIG_OVERRIDE = None
     return out
+
+
+def _with_kernel_flag(name, value, fn):
+    """fn() with kernel.<name> = value (restored after)."""
+    from vllm_dspark.kernels.markov_step import kernel
+
+    old = getattr(kernel, name)
+    setattr(kernel, name, value)
+    try:
+        return fn()
+    finally:
+        setattr(kernel, name, old)
 
 
 def _profile(fused, rounds: int = 3) -> dict:

@@ -46,11 +46,15 @@ def _impl(backend: str | None, device: torch.device):
 
 def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *, step=0,
                 z=None, hidden=None, conf: ConfidenceWeights | None = None, output="none", backend=None,
-                compute_dtype=torch.float32) -> StepOutput:
-    """One draft position over the whole vocabulary. See reference.markov_step for arguments."""
-    return _impl(backend, base_logits.device).markov_step(
+                compute_dtype=torch.float32, all_greedy: bool = False) -> StepOutput:
+    """One draft position over the whole vocabulary. See reference.markov_step for arguments.
+
+    all_greedy: the caller knows every temperature is < GREEDY_EPS (a speed hint for the Triton path; results are
+    the same either way)."""
+    impl = _impl(backend, base_logits.device)
+    return impl.markov_step(
         base_logits, prev_ids, weights, temperature, seeds, offsets, step=step, z=z, hidden=hidden, conf=conf,
-        output=output, compute_dtype=compute_dtype)
+        output=output, compute_dtype=compute_dtype, **_hint(impl, all_greedy))
 
 
 def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *,
@@ -64,12 +68,18 @@ def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, te
 
 def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets=None, *,
                  conf: ConfidenceWeights | None = None, output="none", topk_ids=None, backend=None,
-                 compute_dtype=torch.float32) -> BlockOutput:
+                 compute_dtype=torch.float32, all_greedy: bool = False) -> BlockOutput:
     """All γ positions of a draft block: base_logits [N, γ, V], hidden [N, γ, H], anchor [N] ->
-    tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block."""
+    tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block;
+    all_greedy as in markov_step."""
     impl = _impl(backend, base_logits.device)
     if impl is reference:
         impl = fast_torch  # the reference's results with fewer ops (the CPU serving path)
     return impl.markov_block(
         base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf, output=output,
-        topk_ids=topk_ids, compute_dtype=compute_dtype)
+        topk_ids=topk_ids, compute_dtype=compute_dtype, **_hint(impl, all_greedy))
+
+
+def _hint(impl, all_greedy: bool) -> dict:
+    # Only the Triton path uses the hint (the torch paths check the temperatures themselves).
+    return {"all_greedy": all_greedy} if impl not in (reference, fast_torch) else {}

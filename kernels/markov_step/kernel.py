@@ -6,15 +6,19 @@ Design (memory bound: per step the whole batch needs V·r weights + N·V base lo
 1. `_tile_stats_kernel`: programs = (batch tile of BLOCK_N rows) x (vocabulary stream), about two per SM; a
    program loads its z rows [BLOCK_N, r] once (W1[prev] gathered in-kernel for the vanilla head) and walks the
    128-wide vocabulary tiles j, j + streams, ...: bias = z @ W2_tileᵀ with `tl.dot` (z padded to 64 rows, so the
-   same code serves N = 1), L = U + bias, then per row the tile's max of L/T, Σ exp(L/T - max) and argmax.
+   same code serves N = 1), L = U + bias, then per row the tile's max of L/T and its argmax (one reduction),
+   Σ exp(L/T - max), and for sampled rows the in-tile draw with u2 (TILE_DRAW: a scan over the tile; the
+   token u2 picks if u1 later picks this tile) stored in place of the argmax.
    Batch tiles are the fastest-varying program index, so the programs sharing a W2 tile run together and W2
    comes from HBM about once per step for the whole batch; U is read once. Optionally writes L (fp32) for the
    probs/logits outputs. Odd positions walk the tiles in reverse, so the tail of W2 read by the previous
    position is still in L2 (H100, graph replay: -9 % at batch 1, -7 % at 64, -1 % at 256).
 2. `_select_kernel`, grid = N: combines the tile stats (online-softmax merge) into lse and the greedy argmax, or
-   samples by the two-level inverse CDF (common.py): u1 picks a tile from the tile masses, then the program
-   recomputes the 128 corrected logits of that one tile (one [128, r] W2 read per sampled request) and u2 picks
-   the token. Also the confidence logit w·[h; W1[prev]] + b. Writes token / logprob / lse into [N] or strided
+   samples by the two-level inverse CDF (common.py): u1 picks a tile from the tile masses, and the token is that
+   tile's pass-1 draw (its logit recomputed from one W2 row for the log-prob). Without TILE_DRAW (the caller
+   said all_greedy, or the ablation switch) a sampled row instead recomputes the 128 corrected logits of the
+   drawn tile (one [128, r] W2 read per request) and draws with u2 there. Also the confidence logit
+   w·[h; W1[prev]] + b. Writes token / logprob / lse into [N] or strided
    [N, γ] outputs, so the next step reads its prev ids straight from the token buffer (no host sync).
 3. `_normalize_kernel` (output="probs" only): probs = exp(L/T - lse) in place (one-hot for greedy rows).
 
@@ -60,18 +64,25 @@ def _load_z(rows, row_mask, k, k_mask, prev_ptr, stride_prev, z_ptr, stride_z, w
     return z
 
 
-@triton.jit(do_not_specialize=["N", "T", "reverse", "progs_v"])
+@triton.jit
+def _uniform(x):
+    """uint32 -> float32 in (0, 1): ((x >> 8) + 0.5) / 2^24, exact."""
+    return ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+
+
+@triton.jit(do_not_specialize=["N", "T", "reverse", "progs_v", "step"])
 def _tile_stats_kernel(
     u_ptr, stride_u,  # base logits U_k [N, V] (unit stride along V)
     prev_ptr, stride_prev,  # [N] previous token ids (Z_FROM_PREV)
     z_ptr, stride_z,  # [N, r] head output (not Z_FROM_PREV)
     w1_ptr, w2_ptr,  # [V, r] markov_w1 / markov_w2.weight, contiguous
     temp_ptr,  # [N] float32 temperatures
-    tmax_ptr, tsum_ptr, targ_ptr,  # [N, T] per tile: max(L/T), Σ exp(L/T - max), argmax(L) (vocab id)
+    seed_ptr, offset_ptr, step,  # [N] int64 Philox keys / counter bases (TILE_DRAW)
+    tmax_ptr, tsum_ptr, targ_ptr,  # [N, T] per tile: max(L/T), Σ exp(L/T - max), token id (see TILE_DRAW)
     logits_ptr, stride_logits,  # [N, V] float32 corrected logits (WRITE_LOGITS)
     N, V, R, T, reverse, progs_v, greedy_eps,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr,
-    Z_FROM_PREV: tl.constexpr, WRITE_LOGITS: tl.constexpr, DOT_FP32: tl.constexpr,
+    Z_FROM_PREV: tl.constexpr, WRITE_LOGITS: tl.constexpr, DOT_FP32: tl.constexpr, TILE_DRAW: tl.constexpr,
 ):
     # Program = (batch tile b, vocabulary stream j), b fastest: the programs of all batch tiles that read the
     # same W2 tile run side by side, so W2 comes from HBM once and from L2 for the others. Stream j visits tiles
@@ -86,8 +97,13 @@ def _tile_stats_kernel(
     k_mask = k < R
     z = _load_z(rows, row_mask, k, k_mask, prev_ptr, stride_prev, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV)
     t = tl.load(temp_ptr + rows, mask=row_mask, other=1.0)
-    inv_t = tl.where(t < greedy_eps, 1.0, 1.0 / tl.maximum(t, greedy_eps))
+    greedy = t < greedy_eps
+    inv_t = tl.where(greedy, 1.0, 1.0 / tl.maximum(t, greedy_eps))
     lane = tl.arange(0, BLOCK_V)
+    if TILE_DRAW:  # u2 of the sampling contract, per row: the in-tile draw is made here for every tile
+        seed = tl.load(seed_ptr + rows, mask=row_mask, other=0)
+        _, r1, _, _ = tl.randint4x(seed, tl.load(offset_ptr + rows, mask=row_mask, other=0) + step)
+        u2 = _uniform(r1)
     for i in range(j, T, progs_v):
         tile = tl.where(reverse != 0, T - 1 - i, i)
         v = tile * BLOCK_V + lane
@@ -106,20 +122,23 @@ def _tile_stats_kernel(
         if WRITE_LOGITS:
             tl.store(logits_ptr + rows[:, None] * stride_logits + v[None, :], logits, mask=m2)
         scaled = tl.where(m2, logits * inv_t[:, None], float("-inf"))
-        t_max = tl.max(scaled, axis=1)
+        # One reduction for max and argmax (first occurrence; for greedy rows scaled == L).
+        t_max, t_arg = tl.max(scaled, axis=1, return_indices=True, return_indices_tie_break_left=True)
         shift = tl.where(t_max == float("-inf"), 0.0, t_max)
-        t_sum = tl.sum(tl.exp(scaled - shift[:, None]), axis=1)
-        t_arg = tl.argmax(scaled, axis=1)  # first occurrence; for greedy rows scaled == L
+        e = tl.exp(scaled - shift[:, None])
+        t_sum = tl.sum(e, axis=1)
+        if TILE_DRAW:
+            # Sampled rows: the token u2 would pick if u1 picks this tile (first lane whose running mass
+            # exceeds u2 · tile mass, else the last lane with mass), so the select kernel never revisits W2.
+            cum = tl.cumsum(e, axis=1)
+            first = tl.min(tl.where(cum > (u2 * t_sum)[:, None], lane[None, :], BLOCK_V), axis=1)
+            last = tl.max(tl.where(e > 0.0, lane[None, :], -1), axis=1)
+            pick = tl.where(first < BLOCK_V, first, tl.maximum(last, 0))
+            t_arg = tl.where(greedy, t_arg, pick)
         out = rows * T + tile
         tl.store(tmax_ptr + out, t_max, mask=row_mask)
         tl.store(tsum_ptr + out, t_sum, mask=row_mask)
         tl.store(targ_ptr + out, tile * BLOCK_V + t_arg, mask=row_mask)
-
-
-@triton.jit
-def _uniform(x):
-    """uint32 -> float32 in (0, 1): ((x >> 8) + 0.5) / 2^24, exact."""
-    return ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
 
 
 @triton.jit
@@ -140,6 +159,14 @@ def _confidence(n, prev, hidden_ptr, stride_h, conf_w_ptr, conf_b_ptr, w1_ptr, H
     return logit
 
 
+@triton.jit
+def _load_z_row(n, prev, k, k_mask, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV: tl.constexpr):
+    """Elements k of request n's z: W1[prev] (vanilla) or the given head output."""
+    if Z_FROM_PREV:
+        return tl.load(w1_ptr + prev * R + k, mask=k_mask, other=0.0)
+    return tl.load(z_ptr + n * stride_z + k, mask=k_mask, other=0.0)
+
+
 @triton.jit(do_not_specialize=["T", "step"])
 def _select_kernel(
     tmax_ptr, tsum_ptr, targ_ptr,  # [N, T] tile stats from _tile_stats_kernel
@@ -150,6 +177,7 @@ def _select_kernel(
     V, R, T,
     BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_RC: tl.constexpr,
     BLOCK_H: tl.constexpr, Z_FROM_PREV: tl.constexpr, HAS_CONF: tl.constexpr, CONF_MARKOV: tl.constexpr,
+    TILE_DRAW: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     base = n * T
@@ -200,29 +228,39 @@ def _select_kernel(
             last = tl.maximum(last, tl.max(tl.where(w > 0.0, tt, -1), axis=0))
             carry += tl.sum(w, axis=0)
         tile = tl.where(first < T, first, tl.maximum(last, 0))
-        # Level 2: recompute that tile's corrected logits and draw inside it with u2.
-        v = tile * BLOCK_V + tl.arange(0, BLOCK_V)
-        v_mask = v < V
-        acc = tl.zeros([BLOCK_V], dtype=tl.float32)
-        for k0 in range(0, R, BLOCK_RC):
-            k = k0 + tl.arange(0, BLOCK_RC)
-            km = k < R
-            if Z_FROM_PREV:
-                zc = tl.load(w1_ptr + prev * R + k, mask=km, other=0.0)
-            else:
-                zc = tl.load(z_ptr + n * stride_z + k, mask=km, other=0.0)
-            w2 = tl.load(w2_ptr + v[:, None].to(tl.int64) * R + k[None, :], mask=v_mask[:, None] & km[None, :],
-                         other=0.0)
-            acc += tl.sum(w2.to(tl.float32) * zc.to(w2.dtype).to(tl.float32)[None, :], axis=1)
-        logits = tl.load(u_ptr + n * stride_u + v, mask=v_mask, other=0.0).to(tl.float32) + acc
-        scaled = tl.where(v_mask, logits * inv_t, float("-inf"))
-        e = tl.exp(scaled - shift)
-        cum = tl.cumsum(e, axis=0)
-        lane = tl.arange(0, BLOCK_V)
-        j = tl.min(tl.where(v_mask & (cum > _uniform(r1) * tl.sum(e, axis=0)), lane, BLOCK_V), axis=0)
-        j = tl.where(j < BLOCK_V, j, tl.maximum(tl.max(tl.where(e > 0.0, lane, -1), axis=0), 0))
-        token = (tile * BLOCK_V + j).to(tl.int64)
-        logp = tl.sum(tl.where(lane == j, scaled, 0.0), axis=0) - lse
+        if TILE_DRAW:
+            # Level 2 was drawn by the tile kernel; only the chosen token's logit is recomputed (one W2 row).
+            token = tl.load(targ_ptr + base + tile).to(tl.int64)
+            acc = tl.zeros([BLOCK_RC], dtype=tl.float32)
+            for k0 in range(0, R, BLOCK_RC):
+                k = k0 + tl.arange(0, BLOCK_RC)
+                km = k < R
+                zc = _load_z_row(n, prev, k, km, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV)
+                w2 = tl.load(w2_ptr + token * R + k, mask=km, other=0.0)
+                acc += w2.to(tl.float32) * zc.to(w2.dtype).to(tl.float32)
+            logit = tl.load(u_ptr + n * stride_u + token).to(tl.float32) + tl.sum(acc, axis=0)
+            logp = logit * inv_t - lse
+        else:
+            # Level 2: recompute that tile's corrected logits and draw inside it with u2.
+            v = tile * BLOCK_V + tl.arange(0, BLOCK_V)
+            v_mask = v < V
+            acc = tl.zeros([BLOCK_V], dtype=tl.float32)
+            for k0 in range(0, R, BLOCK_RC):
+                k = k0 + tl.arange(0, BLOCK_RC)
+                km = k < R
+                zc = _load_z_row(n, prev, k, km, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV)
+                w2 = tl.load(w2_ptr + v[:, None].to(tl.int64) * R + k[None, :],
+                             mask=v_mask[:, None] & km[None, :], other=0.0)
+                acc += tl.sum(w2.to(tl.float32) * zc.to(w2.dtype).to(tl.float32)[None, :], axis=1)
+            logits = tl.load(u_ptr + n * stride_u + v, mask=v_mask, other=0.0).to(tl.float32) + acc
+            scaled = tl.where(v_mask, logits * inv_t, float("-inf"))
+            e = tl.exp(scaled - shift)
+            cum = tl.cumsum(e, axis=0)
+            lane = tl.arange(0, BLOCK_V)
+            j = tl.min(tl.where(v_mask & (cum > _uniform(r1) * tl.sum(e, axis=0)), lane, BLOCK_V), axis=0)
+            j = tl.where(j < BLOCK_V, j, tl.maximum(tl.max(tl.where(e > 0.0, lane, -1), axis=0), 0))
+            token = (tile * BLOCK_V + j).to(tl.int64)
+            logp = tl.sum(tl.where(lane == j, scaled, 0.0), axis=0) - lse
 
     tl.store(tok_ptr + n * stride_tok, token)
     tl.store(logp_ptr + n * stride_logp, logp)
@@ -270,10 +308,7 @@ def _topk_logits_kernel(
     for k0 in range(0, R, BLOCK_RC):
         k = k0 + tl.arange(0, BLOCK_RC)
         km = k < R
-        if Z_FROM_PREV:
-            zc = tl.load(w1_ptr + prev * R + k, mask=km, other=0.0)
-        else:
-            zc = tl.load(z_ptr + n * stride_z + k, mask=km, other=0.0)
+        zc = _load_z_row(n, prev, k, km, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV)
         w2 = tl.load(w2_ptr + ids[:, None] * R + k[None, :], mask=jm[:, None] & km[None, :], other=0.0)
         acc += tl.sum(w2.to(tl.float32) * zc.to(w2.dtype).to(tl.float32)[None, :], axis=1)
     logits = tl.load(u_ptr + n * stride_u + ids, mask=jm, other=0.0).to(tl.float32) + acc
@@ -344,6 +379,9 @@ def _tile_config(n: int, dot_fp32: bool) -> tuple[int, int, int, int]:
 
 TILE_CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # (BLOCK_N, warps, stages, programs/SM): sweeps
 ALTERNATE_TILE_ORDER = True  # odd block positions walk the vocabulary tiles backwards (L2 reuse of W2)
+# In-tile draws in the tile kernel (a scan per tile) instead of the select kernel's per-request W2 tile re-read;
+# skipped when the caller says every row is greedy (`all_greedy=True`). False: the re-read (an ablation).
+TILE_DRAW = True
 
 
 class _StepBuffers:
@@ -369,8 +407,13 @@ def _dummy(device, dtype=torch.float32):
 
 
 def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets, step, z, hidden,
-                 conf: ConfidenceWeights | None, logits_out, out: _StepBuffers, scratch, reverse: bool):
-    """Launch the tile-stats and select kernels for one step; `logits_out` [N, V] fp32 view or None."""
+                 conf: ConfidenceWeights | None, logits_out, out: _StepBuffers, scratch, reverse: bool,
+                 all_greedy: bool):
+    """Launch the tile-stats and select kernels for one step; `logits_out` [N, V] fp32 view or None.
+
+    all_greedy=True (the caller's promise that every temperature is < GREEDY_EPS) skips the in-tile draws; a row
+    that samples anyway is still drawn correctly, by the select kernel's W2 tile re-read.
+    """
     n, v = base_logits.shape
     r = weights.rank
     device = base_logits.device
@@ -392,12 +435,13 @@ def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, see
         zt = z = z.contiguous()
     write_logits = logits_out is not None
     lo = logits_out if write_logits else _dummy(device)
+    tile_draw = TILE_DRAW and not all_greedy
     _tile_stats_kernel[(n_btiles * progs_v,)](
         base_logits, base_logits.stride(0), prev_ids, prev_ids.stride(0), zt, zt.stride(0), w1, w2, temperature,
-        tmax, tsum, targ, lo, lo.stride(0) if write_logits else 0,
+        seeds, offsets, step, tmax, tsum, targ, lo, lo.stride(0) if write_logits else 0,
         n, v, r, num_tiles, int(reverse), progs_v, GREEDY_EPS,
         BLOCK_N=block_n, BLOCK_V=BLOCK_V, BLOCK_R=block_r, Z_FROM_PREV=z_from_prev, WRITE_LOGITS=write_logits,
-        DOT_FP32=dot_fp32, num_warps=warps, num_stages=stages,
+        DOT_FP32=dot_fp32, TILE_DRAW=tile_draw, num_warps=warps, num_stages=stages,
     )
     has_conf = conf is not None
     h = hidden if has_conf else _dummy(device)
@@ -416,7 +460,7 @@ def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, see
         v, r, num_tiles,
         BLOCK_T=min(1024, triton.next_power_of_2(num_tiles)), BLOCK_V=BLOCK_V, BLOCK_R=block_r,
         BLOCK_RC=min(block_r, 128), BLOCK_H=min(1024, triton.next_power_of_2(hdim)), Z_FROM_PREV=z_from_prev,
-        HAS_CONF=has_conf, CONF_MARKOV=has_conf and conf.with_markov, num_warps=8,
+        HAS_CONF=has_conf, CONF_MARKOV=has_conf and conf.with_markov, TILE_DRAW=tile_draw, num_warps=8,
     )
 
 
@@ -497,8 +541,9 @@ def _new_step_buffers(n, device, has_conf, gamma=None):
 
 
 def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *, step=0, z=None,
-                hidden=None, conf=None, output="none", compute_dtype=None) -> StepOutput:
-    """Triton form of reference.markov_step (compute_dtype is ignored: fp32 accumulation)."""
+                hidden=None, conf=None, output="none", compute_dtype=None, all_greedy=False) -> StepOutput:
+    """Triton form of reference.markov_step (compute_dtype is ignored: fp32 accumulation; all_greedy: see
+    _launch_step)."""
     n, v = check_step_inputs(base_logits, prev_ids, weights, temperature, seeds, offsets, z, hidden, conf, output)
     temperature, seeds, offsets, conf = _prep(temperature, seeds, offsets, weights, conf)
     device = base_logits.device
@@ -506,7 +551,7 @@ def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seed
     out = _StepBuffers(tokens, logprobs, lse, conf_out)
     logits_out = torch.empty(n, v, device=device, dtype=torch.float32) if output != "none" else None
     _launch_step(base_logits, prev_ids, weights, temperature, seeds, offsets, step, z, hidden, conf, logits_out,
-                 out, _Scratch(device), reverse=False)
+                 out, _Scratch(device), reverse=False, all_greedy=all_greedy)
     if output == "probs":
         _normalize(logits_out, temperature, out)
     return StepOutput(tokens, logprobs, lse, conf_out, logits_out if output == "logits" else None,
@@ -530,7 +575,7 @@ def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, te
 
 
 def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets=None, *,
-                 conf=None, output="none", topk_ids=None, compute_dtype=None) -> BlockOutput:
+                 conf=None, output="none", topk_ids=None, compute_dtype=None, all_greedy=False) -> BlockOutput:
     """γ launches of the step kernels (2 per position, 3 with probs). No host sync: each position reads its prev
     ids from the previous column of the token buffer. Wrap in kernels.graphs.GraphedDraftRound to remove the
     launch overhead."""
@@ -555,7 +600,7 @@ def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperatur
         if topk_ids is None:
             col = big[:, k] if big is not None else None
             _launch_step(base_logits[:, k], prev, weights, temperature, seeds, offsets, k, z, h_k, conf, col, out,
-                         scratch, reverse=ALTERNATE_TILE_ORDER and bool(k % 2))
+                         scratch, reverse=ALTERNATE_TILE_ORDER and bool(k % 2), all_greedy=all_greedy)
             if output == "probs":
                 _normalize(col, temperature, out)
         else:

@@ -19,3 +19,6 @@ def test_bench_cpu_small_writes_json(tmp_path):
     for row in data["rows"]:
         assert row["MB"] > 0 and row["floor_ms"] > 0 and row["eager_ms"] > 0 and row["graph_ms"] > 0
         assert row["head_pct"] > 0
+        # The cost-realistic target (attention over a KV cache of --context tokens, capped at 64 on CPU) ran.
+        assert row["tgt_ctx_ms"] > 0 and row["head_pct_ctx"] > 0
+    assert data["context"] == 64

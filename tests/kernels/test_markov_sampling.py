@@ -61,9 +61,15 @@ def _chi2_p(observed, expected, right):
     return chisquare(_merge_rare(observed, right), _merge_rare(expected, right)).pvalue
 
 
-@pytest.mark.parametrize("backend,n", [("triton", 500), ("torch", 20000)])
+# triton-tile: in-group draw in the tile kernel (default); triton-reread: kernel.TILE_DRAW off (the select kernel
+# re-reads the drawn group's W2 rows). The torch backend has one path.
+@pytest.mark.parametrize("path,n", [("triton-tile", 500), ("triton-reread", 500), ("torch", 20000)])
 @pytest.mark.parametrize("v,peaks", [(7, list(range(7))), (300, [3, 100, 127, 128, 200, 256, 299])])
-def test_sample_distribution_chi2(backend, n, v, peaks, device):
+def test_sample_distribution_chi2(path, n, v, peaks, device, monkeypatch):
+    from vllm_dspark.kernels.markov_step import kernel
+
+    monkeypatch.setattr(kernel, "TILE_DRAW", path != "triton-reread")
+    backend = path.split("-")[0]
     temp = 0.5
     w, u, prev, logits = _case(v, peaks, device)
     observed = _bins(_draw(w, u, prev, temp, n, backend, device), peaks, v)

@@ -47,12 +47,26 @@ CASES = [
 ]
 
 
+# How sampled rows get their in-group token: "tile" = drawn in the tile kernel (default); "reread" = the select
+# kernel re-reads the drawn group's W2 rows (kernel.TILE_DRAW off); "hint" = the caller wrongly claims
+# all_greedy=True while rows sample, which must fall back to the re-read, not draw greedily.
+DRAW_PATHS = ["tile", "reread", "hint"]
+
+
+@pytest.fixture(params=DRAW_PATHS)
+def draw_path(request, monkeypatch):
+    from vllm_dspark.kernels.markov_step import kernel
+
+    monkeypatch.setattr(kernel, "TILE_DRAW", request.param != "reread")
+    return dict(all_greedy=request.param == "hint")
+
+
 @pytest.mark.parametrize("n,v,r,h,dtype", CASES)
 @pytest.mark.parametrize("output", ["logits", "probs"])
-def test_step_matches_reference(n, v, r, h, dtype, output, device):
+def test_step_matches_reference(n, v, r, h, dtype, output, draw_path, device):
     w, conf, u, prev, hidden, temp, seeds, offsets = _inputs(n, v, r, h, dtype, device, seed=n * 1000 + v)
     got = markov_step(u, prev, w, temp, seeds, offsets, step=5, hidden=hidden, conf=conf, output=output,
-                      backend="triton")
+                      backend="triton", **draw_path)
     want = reference.markov_step(u, prev, w, temp, seeds, offsets, step=5, hidden=hidden, conf=conf,
                                  output=output, compute_dtype=torch.float64)
     logits64 = corrected_logits64(u, w.w1[prev], w.w2)
@@ -76,6 +90,18 @@ def test_step_with_given_z_and_no_conf(device):
     check_tokens(got.tokens, corrected_logits64(u, z, w.w2), temp, seeds, offsets)
     _close("lse", got.lse, want.lse)
     _close("logprobs", got.logprobs, want.logprobs)
+
+
+def test_all_greedy_hint_gives_the_same_greedy_tokens(device):
+    """all_greedy=True skips the in-tile draws; on an all-greedy batch nothing else may change."""
+    w, conf, u, prev, hidden, _, seeds, offsets = _inputs(6, 523, 24, 40, torch.bfloat16, device, seed=21)
+    temp = torch.zeros(6, device=device)
+    args = (u, prev, w, temp, seeds, offsets)
+    kw = dict(step=2, hidden=hidden, conf=conf, backend="triton")
+    hinted, plain = markov_step(*args, all_greedy=True, **kw), markov_step(*args, **kw)
+    assert torch.equal(hinted.tokens, plain.tokens)
+    for name in ("logprobs", "lse", "conf_logits"):
+        assert torch.equal(getattr(hinted, name), getattr(plain, name)), name
 
 
 def test_greedy_ties_pick_first_occurrence(device):
@@ -119,7 +145,7 @@ def test_topk_with_all_ids_equals_full_vocab_greedy(device):
 
 
 @pytest.mark.parametrize("head_type", ["vanilla", "gated", "rnn"])
-def test_block_matches_stepwise_reference(head_type, device):
+def test_block_matches_stepwise_reference(head_type, draw_path, device):
     """markov_block (γ = 3, alternating tile order) vs the reference fed the kernel's own previous tokens."""
     n, gamma, v, r, h = 3, 3, 301, 16, 24
     gen = torch.Generator().manual_seed(5)
@@ -131,7 +157,8 @@ def test_block_matches_stepwise_reference(head_type, device):
     temp = torch.tensor([0.0, 0.9, 1.3], device=device)
     seeds = torch.tensor([1, -5, 2**50], device=device)
     offsets = torch.tensor([0, 7, 2**33 - 1], device=device)
-    got = markov_block(u, hidden, anchor, w, temp, seeds, offsets, conf=conf, output="probs", backend="triton")
+    got = markov_block(u, hidden, anchor, w, temp, seeds, offsets, conf=conf, output="probs", backend="triton",
+                       **draw_path)
     assert got.tokens.shape == (n, gamma) and got.probs.shape == (n, gamma, v)
     prev, state = anchor, None
     for k in range(gamma):

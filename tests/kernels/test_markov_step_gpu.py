@@ -12,8 +12,12 @@ from vllm_dspark.scheduling.cost import CostTable
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.mark.parametrize("tile_draw", [True, False])
 @pytest.mark.parametrize("n", [1, 70])
-def test_full_size_block_matches_reference(n):
+def test_full_size_block_matches_reference(n, tile_draw, monkeypatch):
+    from vllm_dspark.kernels.markov_step import kernel
+
+    monkeypatch.setattr(kernel, "TILE_DRAW", tile_draw)
     v, r, h, gamma = 151936, 256, 4096, 2
     gen = torch.Generator(device="cuda").manual_seed(n)
     bf = dict(device="cuda", dtype=torch.bfloat16)

@@ -54,6 +54,7 @@ class SequentialStage:
         want_probs: bool,
     ) -> DraftOutput:
         weights, conf = self.weights(base_logits)
+        # The proposer passes all-zero temperatures exactly when it wants no probs (every draft greedy).
         out = markov_block(base_logits, hidden, anchors.long(), weights, temperature, seeds, offsets, conf=conf,
-                           output="probs" if want_probs else "none")
+                           output="probs" if want_probs else "none", all_greedy=not want_probs)
         return DraftOutput(tokens=out.tokens, probs=out.probs, conf_logits=out.conf_logits)
