@@ -7,7 +7,8 @@ calls the function.
 Contract for `fn(*inputs)`: every input and every output tensor has the batch on dim 0, and rows are independent
 (row i of the outputs depends only on row i of the inputs), so padding rows cannot change real rows. Outputs may
 be a tensor, None, or a tuple / list / dict / dataclass of those. Replay outputs are views into static buffers:
-they are overwritten by the next call of the same size (pass `clone=True` to get copies).
+they are overwritten by the next call, of any size (the graphs share one memory pool; pass `clone=True` to get
+copies).
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class GraphedDraftRound:
     """
 
     def __init__(self, fn: Callable, batch_sizes: Sequence[int], make_inputs: Callable[[int], tuple],
-                 warmup: int = 2, device: torch.device | str | None = None):
+                 warmup: int = 2, device: torch.device | str | None = None, pool=None,
+                 capture_error_mode: str = "global"):
         if not batch_sizes or min(batch_sizes) < 1:
             raise ValueError(f"batch_sizes must be a non-empty list of positive ints, got {batch_sizes!r}")
         self.fn = fn
@@ -64,11 +66,13 @@ class GraphedDraftRound:
         self.device = torch.device(device) if device is not None else None
         self.enabled = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
         self._graphs: dict[int, tuple] = {}
+        self.pool = pool  # graphs of several instances may share one memory pool (torch.cuda.graph_pool_handle)
+        self._error_mode = capture_error_mode  # "thread_local" inside a multi-threaded server
         if self.enabled:
             self._capture(make_inputs, warmup)
 
     def _capture(self, make_inputs, warmup):
-        pool = None
+        pool = self.pool
         stream = torch.cuda.Stream()
         for bs in reversed(self.batch_sizes):  # largest first, so smaller graphs reuse its memory pool
             inputs = tuple(make_inputs(bs))
@@ -79,9 +83,10 @@ class GraphedDraftRound:
                     self.fn(*inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode=self._error_mode):
                 outputs = self.fn(*inputs)
             pool = graph.pool()
+            self.pool = pool
             leaves, rebuild = _flatten(outputs)
             self._graphs[bs] = (graph, inputs, leaves, rebuild)
         torch.cuda.synchronize()

@@ -34,3 +34,26 @@ def test_plugin_refuses_an_unsupported_vllm(monkeypatch):
     monkeypatch.setattr(compat, "vllm_version", lambda: Version("0.35.0"))
     with pytest.raises(compat.UnsupportedVLLMVersion, match="installed vLLM is 0.35.0"):
         plugin.register()
+
+
+def test_draft_graph_batch_sizes_from_vllm_configs():
+    """Built from vLLM's own config classes, so a renamed field fails here rather than silently disabling graphs."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationConfig, ParallelConfig, SchedulerConfig
+
+    def cfg(sizes, max_seqs=6, eager=False, spec_eager=False, tp=1):
+        return SimpleNamespace(
+            compilation_config=CompilationConfig(cudagraph_capture_sizes=sizes),
+            scheduler_config=SchedulerConfig(max_num_seqs=max_seqs, max_model_len=2048, is_encoder_decoder=False),
+            parallel_config=ParallelConfig(tensor_parallel_size=tp),
+            model_config=SimpleNamespace(enforce_eager=eager),
+            speculative_config=SimpleNamespace(enforce_eager=spec_eager))
+
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4, 8, 16]), 256) == [1, 2, 4, 6]  # bound = max_num_seqs
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4, 8, 16], max_seqs=64), 10) == [1, 2, 4, 8, 10]
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4]), 0) == []
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], eager=True), 256) == []
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], spec_eager=True), 256) == []
+    assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], tp=2), 256) == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_dspark.adapter.sequential import SequentialStage
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
 from vllm_dspark.config import DSparkConfig
 from vllm_dspark.model import DSparkDrafter
 
@@ -97,3 +97,67 @@ def test_seeded_draws_repeat_and_offsets_change_them():
     c = stage(base, hidden, anchors, temps, seeds, torch.full((N,), 5 * GAMMA, dtype=torch.int64), want_probs=False)
     assert torch.equal(a.tokens, b.tokens)
     assert not torch.equal(a.tokens, c.tokens)
+
+
+# ---------------------------------------------------------------------------------------------- DraftRound
+def _round_inputs(n, seed, temp):
+    g = torch.Generator().manual_seed(seed)
+    temps = torch.full((n,), temp)
+    return (torch.randint(0, V, (n,), generator=g), temps, torch.randint(0, 2**62, (n,), generator=g),
+            torch.randint(0, 2**40, (n,), generator=g))
+
+
+@pytest.mark.parametrize("want_probs", [False, True])
+def test_draft_round_is_lm_head_then_stage(want_probs):
+    """Eager DraftRound (CPU): base logits from the given LM head on [R·γ, H], then the stage, nothing else."""
+    drafter = _drafter("gated", seed=5)
+    hidden, _, base = _inputs(drafter, seed=6)
+    anchors, temps, seeds, offsets = _round_inputs(N, 7, 0.8 if want_probs else 0.0)
+    stage = _stage(drafter)
+    rnd = DraftRound(stage, drafter.lm_head, GAMMA)
+    assert rnd.capture([1, 4], [1], H, torch.float64, torch.device("cpu")) == {}  # no graphs on CPU
+    got = rnd(hidden.reshape(N * GAMMA, H), anchors, temps, seeds, offsets, want_probs)
+    want = stage(base, hidden, anchors, temps, seeds, offsets, want_probs)
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(got.conf_logits, want.conf_logits)
+    assert (got.probs is None) == (not want_probs)
+    if want_probs:
+        assert torch.equal(got.probs, want.probs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
+@pytest.mark.parametrize("head_type", ["vanilla", "rnn"])
+def test_draft_round_graph_replay_matches_eager(head_type):
+    """Captured at 1, 4, 8 requests: replays at 1, 3 (padded to 4), 8 and an eager batch of 9 equal the eager
+    round, and a replay's outputs survive the next replay (they are copies)."""
+    v, h = 1000, 64
+    cfg = DSparkConfig(
+        hidden_size=h, num_attention_heads=2, num_key_value_heads=1, head_dim=32, intermediate_size=32,
+        vocab_size=v, num_hidden_layers=1, num_target_layers=4, block_size=GAMMA, mask_token_id=3,
+        target_layer_ids=[0, 2], markov_rank=32, markov_head_type=head_type, enable_confidence_head=True,
+        confidence_head_with_markov=True)
+    torch.manual_seed(0)
+    drafter = DSparkDrafter(cfg).cuda().eval()
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.normal_(0.0, 0.5)
+    stage = SequentialStage(drafter.markov_head, drafter.confidence_head, v)
+    graphed = DraftRound(stage, drafter.lm_head, GAMMA)
+    eager = DraftRound(stage, drafter.lm_head, GAMMA)
+    with torch.no_grad():
+        assert graphed.capture([1, 4, 8], [1, 4], h, torch.float32, torch.device("cuda")) == {
+            "greedy": [1, 4, 8], "probs": [1, 4]}
+        for want_probs in (False, True):
+            kept = None
+            for n in (1, 3, 8, 9, 3):
+                hidden = torch.randn(n * GAMMA, h, device="cuda")
+                args = [x.cuda() for x in _round_inputs(n, n, 1.0 if want_probs else 0.0)]
+                got = graphed(hidden, *args, want_probs)
+                want = eager(hidden, *args, want_probs)
+                assert torch.equal(got.tokens, want.tokens), (n, want_probs)
+                torch.testing.assert_close(got.conf_logits, want.conf_logits, rtol=1e-5, atol=1e-5)
+                if want_probs:
+                    torch.testing.assert_close(got.probs, want.probs, rtol=1e-5, atol=1e-7)
+                if kept is not None:
+                    assert torch.equal(kept[0].tokens, kept[1]), "a replay overwrote the previous round's outputs"
+                kept = (got, got.tokens.clone())

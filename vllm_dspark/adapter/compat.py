@@ -71,3 +71,19 @@ def get_logger(module_name: str):
     import logging
 
     return logging.getLogger("vllm.dspark." + module_name.rsplit(".", 1)[-1])
+
+
+def draft_graph_batch_sizes(vllm_config, limit: int) -> list[int]:
+    """Request counts to capture the draft round at: vLLM's CUDA-graph capture sizes up to
+    min(limit, max_num_seqs), plus that bound itself so every batch below it has a graph; [] when vLLM runs
+    eagerly (enforce_eager on the target or the speculative config), limit is 0, or the LM head is sharded
+    (tensor parallelism: its gather is a collective, which we do not capture outside vLLM's own graphs)."""
+    spec = getattr(vllm_config, "speculative_config", None)
+    if limit <= 0 or vllm_config.model_config.enforce_eager or getattr(spec, "enforce_eager", False):
+        return []
+    if int(getattr(vllm_config.parallel_config, "tensor_parallel_size", 1)) != 1:
+        return []
+    bound = min(limit, int(vllm_config.scheduler_config.max_num_seqs))
+    sizes = getattr(vllm_config.compilation_config, "cudagraph_capture_sizes", None) or []
+    out = sorted({int(s) for s in sizes if 1 <= int(s) <= bound} | {bound})
+    return out

@@ -30,7 +30,7 @@ from vllm.v1.spec_decode.dflash import DFlashProposer
 
 from vllm_dspark.adapter import compat, spec_config
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
-from vllm_dspark.adapter.sequential import SequentialStage
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
 from vllm_dspark.config import DSparkConfig
 from vllm_dspark.model.heads import calibrated_confidence
 
@@ -76,7 +76,7 @@ class DSparkProposer(DFlashProposer):
         self._last_step_t: float | None = None
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
-        self._stage: SequentialStage | None = None
+        self._round: DraftRound | None = None
 
     # ------------------------------------------------------------------ engine start
     def on_engine_warm(self, runner) -> None:
@@ -99,6 +99,28 @@ class DSparkProposer(DFlashProposer):
             table.save(s.save_cost_table)
             logger.info("vllm-dspark: cost table written to %s", s.save_cost_table)
         self.policy.table = table
+        self._capture_draft_round()
+
+    def _capture_draft_round(self) -> None:
+        """CUDA graphs of the draft round after the backbone (GPU; see DraftRound). A failure leaves it eager."""
+        if self.device.type != "cuda":
+            return
+        limit = self.serving.cuda_graph_max_batch
+        sizes = compat.draft_graph_batch_sizes(self.vllm_config, limit)
+        probs_sizes = [s for s in sizes if s <= max(1, limit // 4)] if self._enable_probabilistic_draft_probs else []
+        if not sizes:
+            return
+        dtype = self.vllm_config.model_config.dtype
+        t0 = time.perf_counter()
+        try:
+            captured = self._draft_round().capture(sizes, probs_sizes, self.drafter_config.hidden_size, dtype,
+                                                   self.device)
+        except Exception as e:  # noqa: BLE001 - eager drafting is always correct; a capture failure must not stop serving
+            logger.warning("vllm-dspark: CUDA-graph capture of the draft round failed (%s: %s); drafting eagerly",
+                           type(e).__name__, e)
+            return
+        logger.info("vllm-dspark: draft round captured in CUDA graphs for %s requests (%.1f s)", captured,
+                    time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ inputs
     def set_inputs_first_pass(self, target_token_ids, next_token_ids, target_positions, target_hidden_states,
@@ -121,11 +143,12 @@ class DSparkProposer(DFlashProposer):
         return num_query, self._all_slots[:num_query], new_cad
 
     # ------------------------------------------------------------------ sequential stage
-    def _sequential_stage(self) -> SequentialStage:
-        if self._stage is None:
+    def _draft_round(self) -> DraftRound:
+        if self._round is None:
             model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
-            self._stage = SequentialStage(model.markov_head, model.confidence_head, self.drafter_config.vocab_size)
-        return self._stage
+            stage = SequentialStage(model.markov_head, model.confidence_head, self.drafter_config.vocab_size)
+            self._round = DraftRound(stage, self.model.compute_logits, self.num_speculative_tokens)
+        return self._round
 
     def _draft_temperatures(self, sampling_metadata, num_req: int, probabilistic: bool) -> torch.Tensor:
         if not probabilistic:
@@ -153,11 +176,9 @@ class DSparkProposer(DFlashProposer):
         temps = sampling_metadata.temperature
         self._request_temps = None if temps is None else temps[:num_req]
         probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
-        base_logits = self.model.compute_logits(hidden_states)  # [R·γ, V]
         seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
-        out = self._sequential_stage()(
-            base_logits.view(num_req, gamma, -1),
-            hidden_states.view(num_req, gamma, -1),
+        out = self._draft_round()(
+            hidden_states,  # [R·γ, H]; the round computes the base logits
             self._anchor_ids[:num_req],
             self._draft_temperatures(sampling_metadata, num_req, probabilistic),
             seeds,

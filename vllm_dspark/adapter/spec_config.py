@@ -6,7 +6,8 @@ before vLLM sees it; see `patches/patch_engine_args.py`):
     {"method": "dflash", "model": "<drafter dir>", "num_speculative_tokens": 7,
      "draft_sample_method": "probabilistic",
      "dspark": {"mode": "confidence", "sla_tokens_per_user": null, "cost_table": null, "profile": true,
-                "profile_batch_tokens": null, "profile_repeats": 3, "online_refit": true, "save_cost_table": null}}
+                "profile_batch_tokens": null, "profile_repeats": 3, "online_refit": true, "save_cost_table": null,
+                "cuda_graph_max_batch": 256}}
 
 `method` may be left out when `model` is a local DSpark drafter folder; `num_speculative_tokens` (γ, drafts
 per round) then defaults to the drafter's `block_size` and must never exceed it. `"method": "dspark"` is left
@@ -52,6 +53,12 @@ class DSparkServingConfig(BaseModel):
     profile_repeats: int = Field(default=3, ge=1, le=100)
     online_refit: bool = Field(default=True, description="refit the cost table from observed step times")
     save_cost_table: str | None = Field(default=None, description="write the profiled table to this JSON path")
+    cuda_graph_max_batch: int = Field(
+        default=256, ge=0, le=4096,
+        description="GPU: replay the draft round (LM head + sequential head) from CUDA graphs for batches up to "
+        "this many requests (at vLLM's capture sizes; probabilistic drafts up to a quarter of it, their [R, γ, V] "
+        "probs are large); 0 = always eager. Off with enforce_eager.",
+    )
 
     @field_validator("profile_batch_tokens")
     @classmethod
