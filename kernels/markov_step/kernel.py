@@ -370,7 +370,9 @@ def _topk_select_kernel(
 def _tile_config(n: int, dot_fp32: bool) -> tuple[int, int, int, int]:
     """(BLOCK_N, num_warps, num_stages, programs per SM) for the tile-stats kernel."""
     if dot_fp32:  # fp32 operands (no tensor cores; 2x the shared memory of bf16): small row tiles
-        return 16, 4, 2, 2
+        # 8 warps: with 4, ptxas spills ~9 KB per thread (tests/kernels/aot.py, sm_90); 152 KB of shared
+        # memory per program leaves room for one per SM.
+        return 16, 8, 1, 1
     # H100 sweep (benchmarks/kernels/bench_markov_step.py --tile-configs, graph replay): 64 rows, 4 warps, no
     # software pipelining, 2 programs per SM won at batch 1, 64 and 256 (W2 tile 64 KB + z 32 KB of shared memory
     # per program; the second program per SM hides the load latency better than a deeper pipeline).

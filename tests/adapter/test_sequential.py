@@ -114,15 +114,20 @@ def test_draft_round_is_lm_head_then_stage(want_probs):
     hidden, _, base = _inputs(drafter, seed=6)
     anchors, temps, seeds, offsets = _round_inputs(N, 7, 0.8 if want_probs else 0.0)
     stage = _stage(drafter)
-    rnd = DraftRound(stage, drafter.lm_head, GAMMA)
-    assert rnd.capture([1, 4], [1], H, torch.float64, torch.device("cpu")) == {}  # no graphs on CPU
-    got = rnd(hidden.reshape(N * GAMMA, H), anchors, temps, seeds, offsets, want_probs)
+    rnd = DraftRound(stage, drafter.lm_head)
+    assert rnd.capture(GAMMA, [1, 4], [1], H, torch.float64, torch.device("cpu")) == {}  # no graphs on CPU
+    got = rnd(hidden.reshape(N * GAMMA, H), anchors, temps, seeds, offsets, want_probs, gamma=GAMMA)
     want = stage(base, hidden, anchors, temps, seeds, offsets, want_probs)
     assert torch.equal(got.tokens, want.tokens)
     assert torch.equal(got.conf_logits, want.conf_logits)
     assert (got.probs is None) == (not want_probs)
     if want_probs:
         assert torch.equal(got.probs, want.probs)
+    # A smaller γ in a later round (vLLM's dynamic speculative decoding lowers it per step).
+    short = hidden[:, :3].contiguous()
+    got = rnd(short.reshape(N * 3, H), anchors, temps, seeds, offsets, want_probs, gamma=3)
+    want = stage(drafter.lm_head(short), short, anchors, temps, seeds, offsets, want_probs)
+    assert got.tokens.shape == (N, 3) and torch.equal(got.tokens, want.tokens)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
@@ -142,18 +147,20 @@ def test_draft_round_graph_replay_matches_eager(head_type):
         for p in drafter.parameters():
             p.normal_(0.0, 0.5)
     stage = SequentialStage(drafter.markov_head, drafter.confidence_head, v)
-    graphed = DraftRound(stage, drafter.lm_head, GAMMA)
-    eager = DraftRound(stage, drafter.lm_head, GAMMA)
+    graphed = DraftRound(stage, drafter.lm_head)
+    eager = DraftRound(stage, drafter.lm_head)
     with torch.no_grad():
-        assert graphed.capture([1, 4, 8], [1, 4], h, torch.float32, torch.device("cuda")) == {
+        assert graphed.capture(GAMMA, [1, 4, 8], [1, 4], h, torch.float32, torch.device("cuda")) == {
             "greedy": [1, 4, 8], "probs": [1, 4]}
         for want_probs in (False, True):
             kept = None
-            for n in (1, 3, 8, 9, 3):
-                hidden = torch.randn(n * GAMMA, h, device="cuda")
+            # (n, γ): padded replays, an eager batch above the largest graph, and a smaller γ (dynamic SD: eager)
+            for n, gamma in ((1, GAMMA), (3, GAMMA), (8, GAMMA), (9, GAMMA), (3, 2), (3, GAMMA)):
+                hidden = torch.randn(n * gamma, h, device="cuda")
                 args = [x.cuda() for x in _round_inputs(n, n, 1.0 if want_probs else 0.0)]
-                got = graphed(hidden, *args, want_probs)
-                want = eager(hidden, *args, want_probs)
+                got = graphed(hidden, *args, want_probs, gamma=gamma)
+                want = eager(hidden, *args, want_probs, gamma=gamma)
+                assert got.tokens.shape == (n, gamma)
                 assert torch.equal(got.tokens, want.tokens), (n, want_probs)
                 torch.testing.assert_close(got.conf_logits, want.conf_logits, rtol=1e-5, atol=1e-5)
                 if want_probs:

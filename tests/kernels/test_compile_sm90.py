@@ -47,6 +47,14 @@ def test_every_kernel_variant_was_recorded(records):
     assert draws == {True, False}
 
 
+def test_no_register_spills_in_the_hot_kernels(records):
+    """The tile kernel streams W2 once per position: local-memory spills in its loop would cost bandwidth.
+    A few dozen bytes (the in-tile draw's scan at 64 x 4 warps) are tolerated; kilobytes are not."""
+    for r in records:
+        if r["kernel"] in ("_tile_stats_kernel", "_select_kernel", "_topk_logits_kernel"):
+            assert r["spill_bytes"] <= 256, r
+
+
 def test_shared_memory_and_tensor_cores(records):
     for r in records:
         assert r["shared"] <= SM90_SHARED_LIMIT, r

@@ -65,7 +65,7 @@ class DSparkProposer(DFlashProposer):
         self._runner = runner
         self._warm_done = False
         self._warned_no_table = False
-        gamma = self.num_speculative_tokens
+        gamma = self._max_gamma = self.num_speculative_tokens  # vLLM lowers num_speculative_tokens per step
         self._all_slots = torch.arange(self.max_batch_size * gamma, dtype=torch.int32, device=device)
         self._rng = torch.Generator(device="cpu")
         self._rng.manual_seed(int(vllm_config.model_config.seed or 0))
@@ -113,8 +113,8 @@ class DSparkProposer(DFlashProposer):
         dtype = self.vllm_config.model_config.dtype
         t0 = time.perf_counter()
         try:
-            captured = self._draft_round().capture(sizes, probs_sizes, self.drafter_config.hidden_size, dtype,
-                                                   self.device)
+            captured = self._draft_round().capture(self.num_speculative_tokens, sizes, probs_sizes,
+                                                   self.drafter_config.hidden_size, dtype, self.device)
         except Exception as e:  # noqa: BLE001 - eager drafting is always correct; a capture failure must not stop serving
             logger.warning("vllm-dspark: CUDA-graph capture of the draft round failed (%s: %s); drafting eagerly",
                            type(e).__name__, e)
@@ -147,7 +147,7 @@ class DSparkProposer(DFlashProposer):
         if self._round is None:
             model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
             stage = SequentialStage(model.markov_head, model.confidence_head, self.drafter_config.vocab_size)
-            self._round = DraftRound(stage, self.model.compute_logits, self.num_speculative_tokens)
+            self._round = DraftRound(stage, self.model.compute_logits)
         return self._round
 
     def _draft_temperatures(self, sampling_metadata, num_req: int, probabilistic: bool) -> torch.Tensor:
@@ -158,14 +158,15 @@ class DSparkProposer(DFlashProposer):
     def _draft_seeds(self, sampling_metadata, num_req: int) -> tuple[torch.Tensor, torch.Tensor]:
         """seeds [R] (the request's seed when it has one, else fresh from the engine RNG) and Philox offsets [R].
 
-        Offsets = anchor position × γ: each round of a request draws fresh noise, and a seeded request draws the
-        same noise whatever else is in the batch.
+        Offsets = anchor position × the configured γ (the largest a round may use, also under vLLM's dynamic
+        speculative decoding): each round of a request draws fresh noise, and a seeded request draws the same
+        noise whatever else is in the batch.
         """
         seeds = torch.randint(0, 2**62, (num_req,), generator=self._rng, dtype=torch.int64)
         for i, gen in (sampling_metadata.generators or {}).items():
             if i < num_req:
                 seeds[i] = gen.initial_seed() & (2**62 - 1)
-        offsets = self._anchor_pos[:num_req].long() * self.num_speculative_tokens
+        offsets = self._anchor_pos[:num_req].long() * self._max_gamma
         return seeds.to(self.device, non_blocking=True), offsets
 
     def _sample_draft_tokens(self, hidden_states, sampling_metadata):
@@ -184,6 +185,7 @@ class DSparkProposer(DFlashProposer):
             seeds,
             offsets,
             want_probs=probabilistic,
+            gamma=gamma,
         )
         self._conf_logits = out.conf_logits  # [R, γ] or None
         probs = out.probs.reshape(num_req * gamma, -1) if probabilistic else None  # [R·γ, V]

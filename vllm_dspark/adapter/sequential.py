@@ -74,33 +74,37 @@ class DraftRound:
     keep them across rounds exactly as with the eager path.
     """
 
-    def __init__(self, stage: SequentialStage, compute_logits: Callable[[torch.Tensor], torch.Tensor], gamma: int):
-        self.stage, self.compute_logits, self.gamma = stage, compute_logits, gamma
-        self._graphs: dict[bool, GraphedDraftRound] = {}  # want_probs -> graphs
+    def __init__(self, stage: SequentialStage, compute_logits: Callable[[torch.Tensor], torch.Tensor]):
+        self.stage, self.compute_logits = stage, compute_logits
+        self._graphs: dict[bool, GraphedDraftRound] = {}  # want_probs -> graphs (captured at self._gamma)
+        self._gamma: int | None = None
 
     def _round(self, want_probs: bool):
         def fn(hidden, anchors, temperature, seeds, offsets):  # hidden [R, γ, H]
-            r = hidden.shape[0]
-            base = self.compute_logits(hidden.reshape(r * self.gamma, -1)).view(r, self.gamma, -1)
+            r, gamma = hidden.shape[:2]
+            base = self.compute_logits(hidden.reshape(r * gamma, -1)).view(r, gamma, -1)
             return self.stage(base, hidden, anchors, temperature, seeds, offsets, want_probs)
 
         return fn
 
-    def __call__(self, hidden_states, anchors, temperature, seeds, offsets, want_probs: bool) -> DraftOutput:
-        """hidden_states [R·γ, H] (final-normed block hidden states), the rest as SequentialStage."""
-        hidden = hidden_states.view(-1, self.gamma, hidden_states.shape[-1])
+    def __call__(self, hidden_states, anchors, temperature, seeds, offsets, want_probs: bool,
+                 gamma: int) -> DraftOutput:
+        """hidden_states [R·γ, H] (final-normed block hidden states), the rest as SequentialStage. γ may change
+        from round to round (vLLM's dynamic speculative decoding); graphs serve the γ they were captured at."""
+        hidden = hidden_states.view(-1, gamma, hidden_states.shape[-1])
         graphs = self._graphs.get(want_probs)
-        if graphs is not None and hidden.shape[0] <= graphs.batch_sizes[-1]:
+        if graphs is not None and gamma == self._gamma and hidden.shape[0] <= graphs.batch_sizes[-1]:
             return graphs(hidden, anchors, temperature, seeds, offsets, clone=True)
         return self._round(want_probs)(hidden, anchors, temperature, seeds, offsets)
 
-    def capture(self, batch_sizes: Sequence[int], probs_batch_sizes: Sequence[int], hidden_size: int,
+    def capture(self, gamma: int, batch_sizes: Sequence[int], probs_batch_sizes: Sequence[int], hidden_size: int,
                 dtype: torch.dtype, device: torch.device) -> dict[str, list[int]]:
-        """Capture graphs (GPU only; a no-op elsewhere); returns the captured sizes per kind. On an error no
-        graph is kept (the round stays eager) and the error is raised."""
+        """Capture graphs at γ (GPU only; a no-op elsewhere); returns the captured sizes per kind. On an error
+        no graph is kept (the round stays eager) and the error is raised."""
         captured: dict[str, list[int]] = {}
         if torch.device(device).type != "cuda" or not torch.cuda.is_available():
             return captured
+        self._gamma = gamma
         try:
             self._capture(batch_sizes, probs_batch_sizes, hidden_size, dtype, device, captured)
         except BaseException:
@@ -116,7 +120,7 @@ class DraftRound:
 
             def make_inputs(bs, want_probs=want_probs):
                 f = dict(device=device)
-                return (torch.zeros(bs, self.gamma, hidden_size, dtype=dtype, **f),
+                return (torch.zeros(bs, self._gamma, hidden_size, dtype=dtype, **f),
                         torch.zeros(bs, dtype=torch.int64, **f),
                         torch.full((bs,), 1.0 if want_probs else 0.0, dtype=torch.float32, **f),
                         torch.zeros(bs, dtype=torch.int64, **f), torch.zeros(bs, dtype=torch.int64, **f))
