@@ -76,11 +76,23 @@ def test_static_mode_leaves_async_scheduling_to_vllm(dirs):
     ({"dspark": {"mode": "turbo"}}, {}, "'dspark.mode'"),
     ({"dspark": {"mode": "sla"}}, {}, "needs sla_tokens_per_user"),
     ({"dspark": {"mode": "confidence"}}, {"async_scheduling": True}, "--async-scheduling is on"),
+    ({"dspark": {"mode": "confidence"}, "num_speculative_tokens_per_batch_size": [[1, 8, 4], [9, 64, 1]]}, {},
+     "works with 'dspark.mode' = 'static' only, got 'confidence'"),
 ])
 def test_refused_with_the_problem_named(dirs, spec, kw, needle):
     args = _engine_args(dirs, {"model": dirs["drafter"], **spec}, **kw)
     with pytest.raises(spec_config.DSparkConfigError, match=needle.replace("(", r"\(")):
         args.create_engine_config()
+
+
+def test_static_mode_with_vllm_dynamic_speculative_decoding(dirs):
+    """vLLM's own batch-size schedule passes through (vllm-dspark schedule prints one) with mode static."""
+    schedule = [[1, 8, 4], [9, 64, 1]]
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "static"},
+                               "num_speculative_tokens_per_batch_size": schedule})
+    spec = args.create_engine_config().speculative_config
+    assert [list(x) for x in spec.num_speculative_tokens_per_batch_size] == schedule
+    assert spec_config.read_attached(spec.draft_model_config.hf_config).mode == "static"
 
 
 def test_drafter_for_another_target_is_refused(dirs):

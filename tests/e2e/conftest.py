@@ -98,11 +98,17 @@ class Server:
         return out
 
 
-def _speculative(mode: str, drafter: Path, **extra) -> list[str]:
-    spec = {"method": "dflash", "model": str(drafter), "num_speculative_tokens": GAMMA, "dspark": {"mode": mode, **extra}}
+def _speculative(mode: str, drafter: Path, vllm_keys: dict | None = None, **extra) -> list[str]:
+    spec = {"method": "dflash", "model": str(drafter), "num_speculative_tokens": GAMMA, "dspark": {"mode": mode, **extra},
+            **(vllm_keys or {})}
     if mode != "static":
         spec["draft_sample_method"] = "probabilistic"  # draft probabilities reach the rejection sampler
     return ["--speculative-config", json.dumps(spec)]
+
+
+# "dynamic": static mode under vLLM's dynamic speculative decoding (async scheduling kept): full γ for one
+# request in flight, 2 drafts from two on (a schedule `vllm-dspark schedule` could print).
+DYNAMIC_SCHEDULE = [[1, 1, GAMMA], [2, MAX_NUM_SEQS, 2]]
 
 
 def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> Path:
@@ -114,7 +120,7 @@ def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> 
 
 class ServerPool:
     """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, draft dump); sla (cost table
-    profiled at start and refit online)."""
+    profiled at start and refit online); dynamic (static under vLLM's dynamic speculative decoding)."""
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
@@ -122,6 +128,7 @@ class ServerPool:
         common = ["--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", str(MAX_NUM_SEQS), "-O0",
                   "--seed", "0", "--no-enable-prefix-caching"]
         self.dump = workdir / "drafts.jsonl"
+        self.dynamic_schedule = DYNAMIC_SCHEDULE
         self.servers = {
             "plain": Server("plain", common, {}, workdir / "plain.log"),
             "static": Server("static", common + _speculative("static", drafter), {}, workdir / "static.log"),
@@ -130,6 +137,9 @@ class ServerPool:
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
             "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
                           workdir / "sla.log"),
+            "dynamic": Server("dynamic", common + _speculative(
+                "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
+                workdir / "dynamic.log"),
         }
         self.started = False
 

@@ -1,7 +1,8 @@
 """DSpark served by vLLM (V1 runner, CPU): lossless at T = 0 and T = 1, metrics, load-dependent lengths.
 
 Servers (conftest.py): "plain" (no speculation) and one per DSpark mode ("static" with greedy drafts,
-"confidence" and "sla" with probabilistic drafts whose distributions reach the rejection sampler).
+"confidence" and "sla" with probabilistic drafts whose distributions reach the rejection sampler), and "dynamic":
+static drafts with γ per batch size from vLLM's dynamic speculative decoding, async scheduling on.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from clients import chats, completions
 
-MODES = ("static", "confidence", "sla")
+MODES = ("static", "confidence", "sla", "dynamic")
 
 
 _RESULTS: dict[tuple[str, str], list[list[int]]] = {}
@@ -76,3 +77,26 @@ def test_verify_lengths_shrink_under_load(servers, e2e_prompts):
     alone = _mean_length(server, e2e_prompts[:4], concurrent=False)
     loaded = _mean_length(server, e2e_prompts, concurrent=True)
     assert loaded < alone, f"mean verification length alone {alone:.2f}, with 16 in flight {loaded:.2f}"
+
+
+def test_dynamic_gamma_follows_the_batch_schedule(servers, e2e_prompts):
+    """conftest.DYNAMIC_SCHEDULE: γ = 4 with one request in flight, 2 from two on (vLLM picks K per step)."""
+    server = servers.get("dynamic")
+
+    def per_round(concurrent: bool, prompts) -> float:  # drafts verified per request-round
+        before = server.metrics()
+        if concurrent:
+            completions(server, prompts, temperature=0.0)
+        else:
+            for p in prompts:
+                completions(server, [p], temperature=0.0)
+        after = server.metrics()
+        return ((after["dspark:verified_tokens_total"] - before["dspark:verified_tokens_total"])
+                / (after["dspark:verify_rounds_total"] - before["dspark:verify_rounds_total"]))
+
+    full, reduced = servers.dynamic_schedule[0][2], servers.dynamic_schedule[1][2]
+    alone = per_round(False, e2e_prompts[:3])
+    loaded = per_round(True, e2e_prompts)
+    assert alone == full, f"one request in flight verified {alone:.2f} drafts per round, schedule says {full}"
+    # 16 in flight: 2 per round until only one request is left (its tail rounds verify 4).
+    assert reduced <= loaded < (reduced + full) / 2, f"16 in flight verified {loaded:.2f} drafts per round"

@@ -237,6 +237,18 @@ def resolve(
     return ResolvedServing.model_validate(data)
 
 
+def check_dynamic_sd(resolved: ResolvedServing, schedule: Any) -> None:
+    """vLLM's dynamic speculative decoding (`num_speculative_tokens_per_batch_size`: one γ per batch size, async
+    scheduling kept) combines with mode 'static' only: 'confidence' / 'sla' pick lengths per request."""
+    if schedule is not None and resolved.mode != "static":
+        raise DSparkConfigError(
+            f"--speculative-config: 'num_speculative_tokens_per_batch_size' (vLLM's dynamic speculative decoding) "
+            f"works with '{KEY}.mode' = 'static' only, got {resolved.mode!r}: modes 'confidence' and 'sla' already "
+            f"choose each request's verification length; drop one of the two (`vllm-dspark schedule` prints a "
+            f"schedule from your cost table for mode 'static')"
+        )
+
+
 def attach(hf_config: Any, resolved: ResolvedServing) -> None:
     setattr(hf_config, SERVING_ATTR, resolved.model_dump())
 

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vllm_dspark.cli.train", "train a DSpark / DFlash / EAGLE-3 drafter with an online target"),
     "calibrate": ("vllm_dspark.cli.calibrate", "Sequential Temperature Scaling of the confidence head"),
     "profile": ("vllm_dspark.cli.profile", "profile steps/s against batch tokens into a cost table"),
+    "schedule": ("vllm_dspark.cli.schedule", "γ per batch size from a cost table and measured acceptance (async)"),
     "bench": ("vllm_dspark.cli.bench", "throughput vs per-user speed (SLA) benchmark of an OpenAI endpoint"),
 }
 

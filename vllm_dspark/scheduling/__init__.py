@@ -1,4 +1,5 @@
-"""Confidence scheduling (paper Algorithm 1 + our SLA mode), SPS(B) cost tables, and STS calibration.
+"""Confidence scheduling (paper Algorithm 1 + our SLA mode), SPS(B) cost tables, STS calibration, and γ per batch
+size for vLLM's dynamic speculative decoding.
 
 Pure numpy / torch: nothing here imports vLLM. See cost.py, admission.py, calibrate.py, metrics.py.
 """
@@ -16,6 +17,7 @@ from vllm_dspark.scheduling.admission import (
     user_speeds,
     verify_lengths,
 )
+from vllm_dspark.scheduling.batch_schedule import acceptance_from_eval, as_vllm_schedule, gamma_by_batch_size
 from vllm_dspark.scheduling.calibrate import (
     apply_temperatures,
     brier,
@@ -36,4 +38,5 @@ __all__ = [
     "apply_temperatures", "brier", "calibrated_survival", "calibration_report", "ece", "fit_sts",
     "plot_reliability", "reliability_curve", "roc_auc",
     "CostTable", "step_seconds_numpy", "step_seconds_torch", "SchedulerMonitor",
+    "acceptance_from_eval", "as_vllm_schedule", "gamma_by_batch_size",
 ]

@@ -42,6 +42,7 @@ def _finish(engine_args, spec, settings) -> None:
     drafter = DSparkConfig.from_dict(spec_config.drafter_dict_from_hf(hf))
     resolved = spec_config.resolve(settings, drafter, spec.num_speculative_tokens,
                                    spec.target_model_config.hf_config)
+    spec_config.check_dynamic_sd(resolved, getattr(spec, "num_speculative_tokens_per_batch_size", None))
     spec_config.attach(hf, resolved)
     if os.environ.get(V2_ENV, "").strip() in ("1", "true", "True"):
         raise spec_config.DSparkConfigError(

