@@ -31,10 +31,10 @@ mkdir -p "$OUT"
 { echo "start $(date -u +%FT%TZ): $(uptime)"; echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"; } \
   | tee "$OUT/machine.txt"
 
-VLLM_CPU_KVCACHE_SPACE=1 $PYTHON -m vllm_dspark.cli profile --model "$TARGET" --drafter "$DRAFTER" \
+VLLM_CPU_KVCACHE_SPACE=1 $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$DRAFTER" \
   --out "$OUT/cost_table.json" --num-speculative-tokens "$GAMMA" --max-model-len 1024 --enforce-eager \
   --max-num-seqs "$MAX_BATCH"
-$PYTHON -m vllm_dspark.cli schedule --cost-table "$OUT/cost_table.json" --eval "$EVAL" --gamma "$GAMMA" \
+$PYTHON -m vllm_dspark schedule --cost-table "$OUT/cost_table.json" --eval "$EVAL" --gamma "$GAMMA" \
   --max-batch "$MAX_BATCH" --json "$OUT/schedule.json"
 SCHEDULE=$($PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" "$OUT/schedule.json")
 
