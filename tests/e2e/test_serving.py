@@ -60,7 +60,8 @@ def test_acceptance_and_verify_metrics(servers, e2e_prompts, plain_greedy, mode)
         assert m["dspark:mean_verify_length"] == 4
 
 
-def _mean_length(server, prompts, concurrent: bool) -> float:
+def _mean_length(server, prompts, concurrent: bool, per: str = "dspark:request_steps_total") -> float:
+    """Drafts verified per running request-step (or per `per` counter, e.g. dspark:verify_rounds_total)."""
     before = server.metrics()
     if concurrent:
         completions(server, prompts, temperature=0.0)
@@ -68,8 +69,8 @@ def _mean_length(server, prompts, concurrent: bool) -> float:
         for p in prompts:
             completions(server, [p], temperature=0.0)
     after = server.metrics()
-    steps = after["dspark:request_steps_total"] - before["dspark:request_steps_total"]
-    return (after["dspark:verified_tokens_total"] - before["dspark:verified_tokens_total"]) / steps
+    return ((after["dspark:verified_tokens_total"] - before["dspark:verified_tokens_total"])
+            / (after[per] - before[per]))
 
 
 def test_verify_lengths_shrink_under_load(servers, e2e_prompts):
@@ -82,21 +83,10 @@ def test_verify_lengths_shrink_under_load(servers, e2e_prompts):
 def test_dynamic_gamma_follows_the_batch_schedule(servers, e2e_prompts):
     """conftest.DYNAMIC_SCHEDULE: γ = 4 with one request in flight, 2 from two on (vLLM picks K per step)."""
     server = servers.get("dynamic")
-
-    def per_round(concurrent: bool, prompts) -> float:  # drafts verified per request-round
-        before = server.metrics()
-        if concurrent:
-            completions(server, prompts, temperature=0.0)
-        else:
-            for p in prompts:
-                completions(server, [p], temperature=0.0)
-        after = server.metrics()
-        return ((after["dspark:verified_tokens_total"] - before["dspark:verified_tokens_total"])
-                / (after["dspark:verify_rounds_total"] - before["dspark:verify_rounds_total"]))
-
     full, reduced = servers.dynamic_schedule[0][2], servers.dynamic_schedule[1][2]
-    alone = per_round(False, e2e_prompts[:3])
-    loaded = per_round(True, e2e_prompts)
+    rounds = "dspark:verify_rounds_total"  # drafts verified per request-round
+    alone = _mean_length(server, e2e_prompts[:3], concurrent=False, per=rounds)
+    loaded = _mean_length(server, e2e_prompts, concurrent=True, per=rounds)
     assert alone == full, f"one request in flight verified {alone:.2f} drafts per round, schedule says {full}"
     # 16 in flight: 2 per round until only one request is left (its tail rounds verify 4).
     assert reduced <= loaded < (reduced + full) / 2, f"16 in flight verified {loaded:.2f} drafts per round"
