@@ -13,7 +13,7 @@ ROC-AUC (Mann-Whitney, ties count one half; nan with a single class).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -171,26 +171,29 @@ def fit_sts(conf_logits, accepted_len, proposed_len=None, grid: Sequence[float] 
         if not rows.any():
             continue
         event = (acc[rows] >= k + 1).astype(np.float64)
-        if min(event.sum(), (1.0 - event).sum()) < min_events:
-            prefix = prefix * sigmoid(logits[:, k])
-            continue
+        if min(event.sum(), (1.0 - event).sum()) >= min_events:
 
-        def scores(candidates: np.ndarray) -> np.ndarray:
-            probs = prefix[rows][None, :] * sigmoid(logits[rows, k][None, :] / candidates[:, None])  # [G, n_k]
-            return _ece_rows(probs, event, n_bins)
+            def scores(candidates: np.ndarray) -> np.ndarray:
+                probs = prefix[rows][None, :] * sigmoid(logits[rows, k][None, :] / candidates[:, None])  # [G, n_k]
+                return _ece_rows(probs, event, n_bins)
 
-        coarse = scores(grid)
-        j = _grid_argmin(grid, coarse)
-        best_t = grid[j]
-        if refine_points > 0 and grid.size > 1:
-            fine = np.geomspace(grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)], refine_points)
-            fine_scores = scores(fine)
-            jf = _grid_argmin(fine, fine_scores)
-            if fine_scores[jf] < coarse[j]:
-                best_t = fine[jf]
-        temps[k] = best_t
-        prefix = prefix * sigmoid(logits[:, k] / best_t)
+            temps[k] = _search_temperature(scores, grid, refine_points)
+        prefix = prefix * sigmoid(logits[:, k] / temps[k])
     return temps
+
+
+def _search_temperature(scores: Callable[[np.ndarray], np.ndarray], grid: np.ndarray, refine_points: int) -> float:
+    """The grid temperature with the lowest score, refined between its neighbours when that scores lower."""
+    coarse = scores(grid)
+    j = _grid_argmin(grid, coarse)
+    best_t = grid[j]
+    if refine_points > 0 and grid.size > 1:
+        fine = np.geomspace(grid[max(j - 1, 0)], grid[min(j + 1, grid.size - 1)], refine_points)
+        fine_scores = scores(fine)
+        jf = _grid_argmin(fine, fine_scores)
+        if fine_scores[jf] < coarse[j]:
+            best_t = fine[jf]
+    return float(best_t)
 
 
 def calibration_report(conf_logits, accepted_len, temps, proposed_len=None, n_bins: int = 15) -> list[dict[str, Any]]:
