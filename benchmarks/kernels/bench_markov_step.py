@@ -144,9 +144,7 @@ def target_step_ms(n_req: int, q_len: int, dtype, device, bench, shape=QWEN3_8B,
 
     for _ in range(2):  # cuBLAS picks algorithms / allocates workspace on first use of a shape
         step()
-    ms = bench(step)
-    del layers
-    return ms
+    return bench(step)
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -192,7 +190,8 @@ def run(args) -> dict:
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, triton=_triton_version(), shapes=dict(vocab=v, rank=r, hidden=h, gamma=gamma),
         dtype=args.dtype, output=args.output, backend=backend, alternate_tile_order=not args.no_alternate,
-        target_shape=target_shape, context=args.context, floor="device copy (dst.copy_(src)) moving the round's bytes (read+write)",
+        target_shape=target_shape, context=args.context,
+        floor="device copy (dst.copy_(src)) moving the round's bytes (read+write)",
         rows=[],
     )
     cols = ["batch", "mode", "MB", "floor_ms", "eager_ms", "triton_ms", "graph_ms", "x_floor", "GB/s",
@@ -259,22 +258,22 @@ def run(args) -> dict:
 
 def _sweep(spec, fused, time_it) -> dict:
     """Time each tile-kernel config (through the graph unless --no-graph); check its tokens/lse vs the default."""
-    from vllm_dspark.kernels.markov_step import kernel
-
     base = fused()
+
+    def check_and_time(cfg):
+        got = fused()
+        if not (torch.equal(got.tokens, base.tokens) and torch.allclose(got.lse, base.lse, atol=1e-3)):
+            print(f"   config {cfg}: MISMATCH against the default config")
+        return time_it()
+
     out = {}
     for cfg in spec.split(","):
-        kernel.TILE_CONFIG_OVERRIDE = tuple(int(x) for x in cfg.split("x"))
         try:
-            got = fused()
-            if not (torch.equal(got.tokens, base.tokens) and torch.allclose(got.lse, base.lse, atol=1e-3)):
-                print(f"   config {cfg}: MISMATCH against the default config")
-            out[cfg] = time_it()
+            out[cfg] = _with_kernel_flag("TILE_CONFIG_OVERRIDE", tuple(int(x) for x in cfg.split("x")),
+                                         lambda: check_and_time(cfg))
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a sweep result, not a crash
             out[cfg] = float("nan")
             print(f"   config {cfg} failed: {type(e).__name__}: {str(e)[:100]}")
-        finally:
-            kernel.TILE_CONFIG_OVERRIDE = None
     return out
 
 
