@@ -72,7 +72,6 @@ class GraphedDraftRound:
             self._capture(make_inputs, warmup)
 
     def _capture(self, make_inputs, warmup):
-        pool = self.pool
         stream = torch.cuda.Stream()
         for bs in reversed(self.batch_sizes):  # largest first, so smaller graphs reuse its memory pool
             inputs = tuple(make_inputs(bs))
@@ -83,10 +82,9 @@ class GraphedDraftRound:
                     self.fn(*inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode=self._error_mode):
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=self._error_mode):
                 outputs = self.fn(*inputs)
-            pool = graph.pool()
-            self.pool = pool
+            self.pool = graph.pool()
             leaves, rebuild = _flatten(outputs)
             self._graphs[bs] = (graph, inputs, leaves, rebuild)
         torch.cuda.synchronize()

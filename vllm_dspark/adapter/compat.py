@@ -85,5 +85,4 @@ def draft_graph_batch_sizes(vllm_config, limit: int) -> list[int]:
         return []
     bound = min(limit, int(vllm_config.scheduler_config.max_num_seqs))
     sizes = getattr(vllm_config.compilation_config, "cudagraph_capture_sizes", None) or []
-    out = sorted({int(s) for s in sizes if 1 <= int(s) <= bound} | {bound})
-    return out
+    return sorted({int(s) for s in sizes if 1 <= int(s) <= bound} | {bound})
