@@ -117,16 +117,15 @@ class DraftRound:
         for want_probs, sizes in ((False, batch_sizes), (True, probs_batch_sizes)):
             if not sizes:
                 continue
-
-            def make_inputs(bs, want_probs=want_probs):
-                f = dict(device=device)
-                return (torch.zeros(bs, self._gamma, hidden_size, dtype=dtype, **f),
-                        torch.zeros(bs, dtype=torch.int64, **f),
-                        torch.full((bs,), 1.0 if want_probs else 0.0, dtype=torch.float32, **f),
-                        torch.zeros(bs, dtype=torch.int64, **f), torch.zeros(bs, dtype=torch.int64, **f))
-
+            # Static inputs: one set at the largest size, every graph of this kind reads a leading slice of it
+            # (replays run one at a time and copy their inputs in first), not one set per captured size.
+            bs, f = max(sizes), dict(device=device)
+            full = (torch.zeros(bs, self._gamma, hidden_size, dtype=dtype, **f),
+                    torch.zeros(bs, dtype=torch.int64, **f),
+                    torch.full((bs,), 1.0 if want_probs else 0.0, dtype=torch.float32, **f),
+                    torch.zeros(bs, dtype=torch.int64, **f), torch.zeros(bs, dtype=torch.int64, **f))
             self._graphs[want_probs] = g = GraphedDraftRound(
-                self._round(want_probs), sizes, make_inputs, device=device, pool=pool,
-                capture_error_mode="thread_local")
+                self._round(want_probs), sizes, lambda n, full=full: tuple(t[:n] for t in full), device=device,
+                pool=pool, capture_error_mode="thread_local")
             pool = g.pool
             captured["probs" if want_probs else "greedy"] = list(g.batch_sizes)
