@@ -5,6 +5,7 @@ A config.json-only target and drafter are enough: vLLM reads configs, not weight
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,23 @@ def test_unknown_top_level_key_is_refused_by_vllm_with_its_name(dirs):
     args = _engine_args(dirs, {"model": dirs["drafter"], "num_spec_tokenz": 4})
     with pytest.raises(Exception, match="num_spec_tokenz"):
         args.create_engine_config()
+
+
+@pytest.mark.parametrize("layer_ids,aux_ids", [([-1, 0, 2], (0, 1, 3)), ([0, 2], (1, 3)), ([1], (2,))])
+def test_deepspec_layer_ids_are_what_the_runner_captures(dirs, tmp_path, layer_ids, aux_ids):
+    """A DeepSpec config names its layers only `target_layer_ids`. vLLM sizes the drafter's fc from that key but its
+    V1 runner captures the layers named by `eagle_aux_hidden_state_layer_ids` / `dflash_config` (input-of-layer
+    ids), else the target's EAGLE-3 defaults: both must see the drafter's layers, or the first request dies."""
+    from types import SimpleNamespace
+
+    from vllm.v1.worker.gpu.spec_decode.eagle.eagle3_utils import get_eagle3_aux_layers_from_config
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    raw = json.loads((Path(dirs["drafter"]) / "config.json").read_text())
+    raw.pop("dflash_config", None)
+    raw["target_layer_ids"] = layer_ids
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    spec = _engine_args(dirs, {"model": str(tmp_path)}).create_engine_config().speculative_config
+    runner = SimpleNamespace(speculative_config=spec)
+    assert GPUModelRunner._get_eagle3_aux_layers_from_config(runner) == aux_ids
+    assert tuple(get_eagle3_aux_layers_from_config(spec)) == aux_ids

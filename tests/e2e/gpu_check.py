@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from clients import chats, client, completions  # noqa: E402
-from conftest import Server  # noqa: E402
+from server import Server  # noqa: E402
 from drafters import bigram_table, build_test_drafter  # noqa: E402
 
 GAMMA = 4

@@ -31,7 +31,7 @@ from vllm.v1.spec_decode.dflash import DFlashProposer
 from vllm_dspark.adapter import compat, spec_config
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
 from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
-from vllm_dspark.config import DSparkConfig
+from vllm_dspark.config import DrafterMismatchError, DSparkConfig
 from vllm_dspark.model.heads import calibrated_confidence
 
 logger = compat.get_logger(__name__)
@@ -79,6 +79,37 @@ class DSparkProposer(DFlashProposer):
         self._round: DraftRound | None = None
 
     # ------------------------------------------------------------------ engine start
+    def load_model(self, target_model) -> None:
+        super().load_model(target_model)
+        if self.is_dspark:
+            self._check_target_features()
+
+    def _check_target_features(self) -> None:
+        """Before any request: the target must hand the drafter the features of exactly its target layers.
+
+        The runner reads the layers to capture from the draft HF config right after this load (pinned there by
+        patch_engine_args; pinned again here for configs built without it), and the drafter's fc must take one
+        target hidden state per layer; a mismatch would otherwise surface as a shape error on the first request.
+        """
+        cfg = self.drafter_config
+        hf = self.draft_model_config.hf_config
+        want = spec_config.vllm_aux_layer_ids(cfg)
+        given = getattr(hf, "eagle_aux_hidden_state_layer_ids", None)
+        if given is None:
+            spec_config.pin_target_layers(hf, cfg)
+        elif list(given) != want:
+            raise DrafterMismatchError(
+                f"drafter target_layer_ids {cfg.target_layer_ids} need vLLM aux layers {want}, but the draft config "
+                f"sets eagle_aux_hidden_state_layer_ids = {list(given)}")
+        model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+        fc = getattr(getattr(model, "model", None), "fc", None)
+        width = getattr(fc, "input_size", None)
+        target_hidden = self.vllm_config.model_config.get_hidden_size()
+        if width is not None and width != target_hidden * len(want):
+            raise DrafterMismatchError(
+                f"drafter fc takes {width} features, but {len(want)} target layers {cfg.target_layer_ids} of hidden "
+                f"size {target_hidden} give {target_hidden * len(want)}")
+
     def on_engine_warm(self, runner) -> None:
         """After warm-up (KV cache and graphs exist): load or profile the cost table (patch_worker_warmup)."""
         if not self.is_dspark or self._warm_done:

@@ -253,6 +253,23 @@ def attach(hf_config: Any, resolved: ResolvedServing) -> None:
     setattr(hf_config, SERVING_ATTR, resolved.model_dump())
 
 
+def vllm_aux_layer_ids(drafter: DSparkConfig) -> list[int]:
+    """The drafter's target layers in vLLM's aux-hidden-state spelling: aux id j = the *input* of decoder layer j,
+    so the output of layer i (our id) is j = i + 1 and the embedding output (-1) is 0."""
+    return [i + 1 for i in drafter.target_layer_ids]
+
+
+def pin_target_layers(hf_config: Any, drafter: DSparkConfig) -> None:
+    """State the drafter's target layers where vLLM's V1 runner reads them.
+
+    The runner picks the target layers to capture from `eagle_aux_hidden_state_layer_ids` or `dflash_config` only
+    and otherwise falls back to the target model's EAGLE-3 defaults, while vLLM sizes the drafter's `fc` from
+    `target_layer_ids` too: a DeepSpec config (only `target_layer_ids`) then gets features of other layers, in
+    another number, and the engine dies on its first request. Setting the explicit key makes both agree.
+    """
+    hf_config.eagle_aux_hidden_state_layer_ids = vllm_aux_layer_ids(drafter)
+
+
 def read_attached(hf_config: Any) -> ResolvedServing | None:
     data = getattr(hf_config, SERVING_ATTR, None)
     return None if data is None else ResolvedServing.model_validate(data)
