@@ -29,6 +29,31 @@ REPO = TESTS_DIR.parent
 
 from reference.tiny_targets import build_tiny_target  # noqa: E402  (needs the sys.path above)
 
+MARKERS = {
+    "e2e": "starts real vLLM servers (everything in tests/e2e, tests/bench/test_bench_live.py); also slow",
+    "slow": "takes long on 2 CPU cores (e2e, statistical end-to-end runs, multi-process training, kernels under "
+            "Triton's interpreter, ahead-of-time compiles); the fast default subset is -m 'not slow'",
+    "gpu": "needs a CUDA GPU; skipped, saying so, without one",
+}
+E2E_DIR = TESTS_DIR / "e2e"
+
+
+def pytest_configure(config):
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if E2E_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+
 
 @pytest.fixture(scope="session")
 def tiny_target():

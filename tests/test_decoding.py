@@ -206,11 +206,13 @@ def _e2e_counts(target, drafter, prompt, n, seed):
     return counts
 
 
+@pytest.mark.slow  # 1,500 full speculative runs (the accept rule alone: test_chi2_accept_rule_is_lossless)
 def test_chi2_end_to_end_speculative_sampling(e2e_setup):
     target, drafter, prompt, exact = e2e_setup
     assert chi2_pvalue(_e2e_counts(target, drafter, prompt, N_E2E, 0), exact) > 1e-3
 
 
+@pytest.mark.slow  # the control of the test above
 def test_chi2_end_to_end_plain_sampling(e2e_setup):
     """Control: plain sampling of the same target passes the same test."""
     from vllm_dspark.decoding import plain_generate
@@ -246,6 +248,9 @@ def pycode_case(pycode_f64, pycode_prompts):
     return pycode_f64, prompts, plain
 
 
+# Slow: about two minutes of float64 decoding on pycode-23m. The fast subset checks speculative == plain greedy on
+# tiny targets (test_greedy_loop_matches_deepspec_oracle, test_token_budget_is_respected, test_stop_*).
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma,head", [(1, "vanilla"), (4, "gated"), (7, "rnn")])
 def test_greedy_is_lossless_on_pycode(pycode_case, gamma, head):
     """Each request mixes rounds of a random drafter with rounds whose drafts start with the true continuation

@@ -16,6 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 HeadType = Literal["vanilla", "gated", "rnn"]
+# A sampling temperature below this means greedy (argmax): DeepSpec's threshold, used by the model, the reference
+# loop, the EAGLE-3 baseline and the kernels alike.
+GREEDY_EPS = 1e-5
 
 
 class DrafterMismatchError(ValueError):

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from vllm_dspark.config import GREEDY_EPS
 from vllm_dspark.model import DraftBlock, DSparkDrafter, logits_to_probs, target_features
 
 VerifyLength = Callable[[DraftBlock], int]  # a round's draft -> how many of its tokens to verify (a prefix)
@@ -44,8 +45,9 @@ def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs.float(), 1, generator=generator))
 
 
-def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    if temperature < 1e-5:
+def choose_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    """The next token from one row of logits: argmax when greedy, else a draw from softmax(logits / T)."""
+    if temperature < GREEDY_EPS:
         return int(logits.argmax())
     return _sample(logits_to_probs(logits, temperature), generator)
 
@@ -67,7 +69,7 @@ def accept_drafts(
     n = draft_tokens.shape[0]
     for j in range(n):
         tok = int(draft_tokens[j])
-        if temperature < 1e-5:
+        if temperature < GREEDY_EPS:
             ok = int(target_probs[j].argmax()) == tok
         else:
             ratio = target_probs[j, tok] / draft_probs[j, tok].clamp_min(1e-20)
@@ -75,11 +77,11 @@ def accept_drafts(
             ok = bool(u < ratio)
         if not ok:
             residual = (target_probs[j] - draft_probs[j]).clamp_min(0)
-            if temperature < 1e-5 or residual.sum() <= 0:
+            if temperature < GREEDY_EPS or residual.sum() <= 0:
                 residual = target_probs[j]
-            return j, (int(residual.argmax()) if temperature < 1e-5 else _sample(residual, generator))
+            return j, (int(residual.argmax()) if temperature < GREEDY_EPS else _sample(residual, generator))
     last = target_probs[n]
-    return n, (int(last.argmax()) if temperature < 1e-5 else _sample(last, generator))
+    return n, (int(last.argmax()) if temperature < GREEDY_EPS else _sample(last, generator))
 
 
 @torch.no_grad()
@@ -100,7 +102,7 @@ def speculative_generate(
     out = target(torch.tensor([prompt_ids], device=device), past_key_values=cache, output_hidden_states=True)
     ctx = drafter.project_context(target_features(out.hidden_states, layer_ids))  # [1, C, H]
     start = len(prompt_ids)
-    anchor = _choose(out.logits[0, -1], temperature, generator)
+    anchor = choose_token(out.logits[0, -1], temperature, generator)
     result = GenerationResult([anchor])
     while len(result.output_token_ids) < max_new_tokens and anchor not in stop_token_ids:
         anchor_t = torch.tensor([anchor], device=device)
@@ -155,7 +157,7 @@ def plain_generate(
     out = target(torch.tensor([prompt_ids], device=device), past_key_values=cache)
     tokens: list[int] = []
     while True:
-        tok = _choose(out.logits[0, -1], temperature, generator)
+        tok = choose_token(out.logits[0, -1], temperature, generator)
         tokens.append(tok)
         if len(tokens) >= max_new_tokens or tok in stop_token_ids:
             return tokens

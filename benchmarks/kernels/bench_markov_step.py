@@ -20,8 +20,8 @@ For each batch size and mode (greedy / sampled) it prints a table row and record
              --context tokens per request (F.scaled_dot_product_attention, GQA 32 query / 8 KV heads of 128; two
              distinct KV caches alternate so every layer reads its KV from HBM): the cost-realistic target step.
   head_pct   graph_ms / tgt_ms (conservative); head_pct_ctx = graph_ms / tgt_ctx_ms (target: <= 2 %).
-  reread_ms  (--draw-ablation, sampled rows) graph_ms with kernel.TILE_DRAW off: the select kernel re-reads the
-             drawn group's W2 rows instead of using the tile kernel's in-group draw.
+  reread_ms  (--draw-ablation, sampled rows) graph_ms with LaunchOptions(tile_draw=False): the select kernel
+             re-reads the drawn group's W2 rows instead of using the tile kernel's in-group draw.
 
 GPU (standalone: torch + Triton, no vLLM needed):
   python benchmarks/kernels/bench_markov_step.py --json out.json
@@ -31,6 +31,7 @@ CPU smoke run (eager vs the torch fallback the dispatcher picks on CPU, tiny sha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -64,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--context", type=int, default=2048,
                    help="KV-cache tokens per request for the cost-realistic target step (tgt_ctx_ms); 0 skips it")
     p.add_argument("--draw-ablation", action="store_true",
-                   help="sampled rows: also time the graph with kernel.TILE_DRAW off (reread_ms)")
+                   help="sampled rows: also time the graph without in-tile draws (reread_ms)")
     p.add_argument("--no-alternate", action="store_true", help="ablation: same tile order at every position")
     p.add_argument("--tile-configs", default="",
                    help="sweep tile-kernel configs BLOCK_NxWARPSxSTAGESxPROGRAMS_PER_SM, e.g. 16x4x3x1,64x8x2x1 "
@@ -180,10 +181,11 @@ def run(args) -> dict:
     v, r, h, gamma = args.vocab, args.rank, args.hidden, args.gamma
     weights, conf = make_weights(v, r, h, dtype, device, gen)
     backend = "triton" if device.type == "cuda" else "torch"
+    launch = None  # the torch path takes no launch options
     if device.type == "cuda":
-        from vllm_dspark.kernels.markov_step import kernel
+        from vllm_dspark.kernels.markov_step.kernel import LaunchOptions
 
-        kernel.ALTERNATE_TILE_ORDER = not args.no_alternate
+        launch = LaunchOptions(alternate_tile_order=not args.no_alternate)
     target_shape = QWEN3_8B if device.type == "cuda" else dict(hidden=64, intermediate=192, layers=2, q_dim=64,
                                                                  kv_dim=16, head_dim=8, vocab=v)
     info = dict(
@@ -213,9 +215,9 @@ def run(args) -> dict:
             row = dict(batch=n, mode=mode, MB=nbytes / 1e6, floor_ms=floor, tgt_ms=tgt, tgt1_ms=tgt1,
                        tgt_ctx_ms=tgt_ctx)
 
-            def fused(u=u, hidden=hidden, anchor=anchor, temp=temp, seeds=seeds):
+            def fused(launch=launch, u=u, hidden=hidden, anchor=anchor, temp=temp, seeds=seeds):
                 return markov_block(u, hidden, anchor, weights, temp, seeds, conf=conf, output=args.output,
-                                    backend=backend)
+                                    backend=backend, launch=launch)
 
             row["eager_ms"] = float("nan") if args.no_eager else bench(
                 lambda: reference.markov_block(u, hidden, anchor, weights, temp, seeds, conf=conf,
@@ -223,22 +225,21 @@ def run(args) -> dict:
             row["triton_ms"] = bench(fused)
             inputs = (u, hidden, anchor, temp, seeds)
 
-            def graph_ms():
-                graphed = GraphedDraftRound(
-                    lambda u_, h_, a_, t_, s_: markov_block(u_, h_, a_, weights, t_, s_, conf=conf,
-                                                            output=args.output, backend=backend),
-                    [n], lambda bs: tuple(x.clone() for x in inputs), device=device)
+            def graph_ms(launch=launch):
+                graphed = GraphedDraftRound(lambda *x: fused(launch, *x), [n],
+                                            lambda bs: tuple(x.clone() for x in inputs), device=device)
                 return bench(lambda: graphed(*inputs))
 
+            def time_with(launch):  # through the graph unless --no-graph
+                return bench(lambda: fused(launch)) if args.no_graph else graph_ms(launch)
+
             if args.tile_configs and device.type == "cuda":
-                row["sweep"] = _sweep(args.tile_configs, fused, graph_ms if not args.no_graph else
-                                      (lambda: bench(fused)))
+                row["sweep"] = _sweep(args.tile_configs, launch, fused, time_with)
             if args.profile and device.type == "cuda":
                 row["profile"] = _profile(fused)
             row["graph_ms"] = float("nan") if args.no_graph else graph_ms()
             if args.draw_ablation and mode == "sample" and device.type == "cuda":
-                row["reread_ms"] = _with_kernel_flag("TILE_DRAW", False, graph_ms if not args.no_graph else
-                                                     (lambda: bench(fused)))
+                row["reread_ms"] = time_with(dataclasses.replace(launch, tile_draw=False))
             best = row["graph_ms"] if row["graph_ms"] == row["graph_ms"] else row["triton_ms"]
             row["x_floor"] = best / floor
             row["GB/s"] = nbytes / best / 1e6
@@ -247,7 +248,7 @@ def run(args) -> dict:
             info["rows"].append(row)
             print(" ".join(_fmt(row[c]) for c in cols))
             if "reread_ms" in row:
-                print(f"   TILE_DRAW off (select re-reads W2): {row['reread_ms']:.3f} ms")
+                print(f"   no in-tile draws (select re-reads W2): {row['reread_ms']:.3f} ms")
             if "sweep" in row:
                 print("   sweep:", ", ".join(f"{k}={t:.3f}ms" for k, t in row["sweep"].items()))
     if args.json:
@@ -256,37 +257,21 @@ def run(args) -> dict:
     return info
 
 
-def _sweep(spec, fused, time_it) -> dict:
-    """Time each tile-kernel config (through the graph unless --no-graph); check its tokens/lse vs the default."""
-    base = fused()
-
-    def check_and_time(cfg):
-        got = fused()
-        if not (torch.equal(got.tokens, base.tokens) and torch.allclose(got.lse, base.lse, atol=1e-3)):
-            print(f"   config {cfg}: MISMATCH against the default config")
-        return time_it()
-
+def _sweep(spec, launch, fused, time_with) -> dict:
+    """Time each tile-kernel config (`time_with(launch)`); check its tokens/lse against the default config's."""
+    base = fused(launch)
     out = {}
     for cfg in spec.split(","):
+        config = dataclasses.replace(launch, tile_config=tuple(int(x) for x in cfg.split("x")))
         try:
-            out[cfg] = _with_kernel_flag("TILE_CONFIG_OVERRIDE", tuple(int(x) for x in cfg.split("x")),
-                                         lambda: check_and_time(cfg))
+            got = fused(config)
+            if not (torch.equal(got.tokens, base.tokens) and torch.allclose(got.lse, base.lse, atol=1e-3)):
+                print(f"   config {cfg}: MISMATCH against the default config")
+            out[cfg] = time_with(config)
         except Exception as e:  # noqa: BLE001 - a config that does not compile is a sweep result, not a crash
             out[cfg] = float("nan")
             print(f"   config {cfg} failed: {type(e).__name__}: {str(e)[:100]}")
     return out
-
-
-def _with_kernel_flag(name, value, fn):
-    """fn() with kernel.<name> = value (restored after)."""
-    from vllm_dspark.kernels.markov_step import kernel
-
-    old = getattr(kernel, name)
-    setattr(kernel, name, value)
-    try:
-        return fn()
-    finally:
-        setattr(kernel, name, old)
 
 
 def _profile(fused, rounds: int = 3) -> dict:

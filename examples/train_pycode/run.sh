@@ -6,7 +6,8 @@
 # Steps already done are skipped (delete their output to redo). Overridable: TARGET, OUT, TIME_BUDGET_MIN,
 # NUM_PROMPTS, EVAL_PROMPTS, CALIB_PROMPTS, MAX_NEW_TOKENS, PYTHON, DEVICE, TARGET_LAYERS, EXTRA_TRAIN_ARGS,
 # ALGOS (default "dspark dflash eagle3"; two invocations with disjoint ALGOS train side by side, one core each on
-# the cpu size), and STEPS (default "regen train calibrate eval": e.g. "regen train" on a lent GPU, the rest here).
+# the cpu size), and STEPS (default "regen train calibrate eval": e.g. "regen train" on a GPU machine, the rest on
+# another; see README.md).
 set -euo pipefail
 # The body is one function so bash parses the whole file before running (safe to edit while a recipe runs).
 main() {
@@ -15,7 +16,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 cd "$REPO"
 PYTHON=${PYTHON:-python3}
-TARGET=${TARGET:-$REPO/../shared/models/pycode-23m}
+TARGET=${TARGET:-$REPO/../shared/models/pycode-23m}  # path to the reference target model
 OUT=${OUT:-runs/pycode-$SIZE}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-128}
 GAMMA=7

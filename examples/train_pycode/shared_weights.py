@@ -1,8 +1,9 @@
 """Drop or restore the target's copies of embed_tokens / lm_head in trained drafters (to move them cheaply).
 
 The drafters share (frozen) the target's embedding and LM head, and the recipe saves copies of both, which are most
-of a drafter's bytes at a small width. `strip` removes them (the lent GPU's transfer limit); `restore` copies them
-back from the target, so the folders are again what `vllm-dspark train` writes (loadable by vLLM's native methods).
+of a drafter's bytes at a small width. `strip` removes them (to copy drafters between machines cheaply); `restore`
+copies them back from the target, so the folders are again what `vllm-dspark train` writes (loadable by vLLM's
+native methods).
 
     python examples/train_pycode/shared_weights.py strip   runs/pycode-gpu/{dspark,dflash,eagle3}
     python examples/train_pycode/shared_weights.py restore runs/pycode-gpu/{dspark,dflash,eagle3} --target T

@@ -1,19 +1,21 @@
 """Fused sequential-head step: corrected logits L = U + W2s·z, greedy/sampled choice, draft log-prob, lse,
-confidence logit; whole vocabulary or restricted to top-k candidates; one position or a whole block.
+confidence logit; one position or a whole block.
 
 Dispatch: the Triton kernels (kernel.py) on CUDA tensors when Triton imports, else the torch reference
 (reference.py, also the test oracle; `markov_block` takes its leaner twin fast_torch.py, the CPU serving path);
-force either with `backend="triton" | "torch"` or $DSPARK_KERNEL_BACKEND.
+force either with `backend="triton" | "torch"` or $DSPARK_KERNEL_BACKEND. `launch` (kernel.LaunchOptions: tile config,
+tile order, in-tile draws) only reaches the Triton path; the benchmark's ablations and sweeps set it.
 Semantics and the sampling contract: common.py.
 """
 from __future__ import annotations
 
 import torch
 
+from vllm_dspark.config import GREEDY_EPS
+
 from .._backend import resolve_backend
 from . import fast_torch, reference
 from .common import (
-    GREEDY_EPS,
     SAMPLE_GROUP,
     BlockOutput,
     ConfidenceWeights,
@@ -32,7 +34,6 @@ __all__ = [
     "head_inputs",
     "markov_block",
     "markov_step",
-    "markov_step_topk",
 ]
 
 
@@ -46,7 +47,7 @@ def _impl(backend: str | None, device: torch.device):
 
 def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *, step=0,
                 z=None, hidden=None, conf: ConfidenceWeights | None = None, output="none", backend=None,
-                compute_dtype=torch.float32, all_greedy: bool = False) -> StepOutput:
+                compute_dtype=torch.float32, all_greedy: bool = False, launch=None) -> StepOutput:
     """One draft position over the whole vocabulary. See reference.markov_step for arguments.
 
     all_greedy: the caller knows every temperature is < GREEDY_EPS (a speed hint for the Triton path; results are
@@ -54,21 +55,12 @@ def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seed
     impl = _impl(backend, base_logits.device)
     return impl.markov_step(
         base_logits, prev_ids, weights, temperature, seeds, offsets, step=step, z=z, hidden=hidden, conf=conf,
-        output=output, compute_dtype=compute_dtype, **_hint(impl, all_greedy))
-
-
-def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *,
-                     step=0, z=None, hidden=None, conf: ConfidenceWeights | None = None, output="none",
-                     backend=None, compute_dtype=torch.float32) -> StepOutput:
-    """One draft position restricted to K candidates per request. See reference.markov_step_topk."""
-    return _impl(backend, base_logits.device).markov_step_topk(
-        base_logits, topk_ids, prev_ids, weights, temperature, seeds, offsets, step=step, z=z, hidden=hidden,
-        conf=conf, output=output, compute_dtype=compute_dtype)
+        output=output, compute_dtype=compute_dtype, **_triton_only(impl, all_greedy, launch))
 
 
 def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets=None, *,
-                 conf: ConfidenceWeights | None = None, output="none", topk_ids=None, backend=None,
-                 compute_dtype=torch.float32, all_greedy: bool = False) -> BlockOutput:
+                 conf: ConfidenceWeights | None = None, output="none", backend=None,
+                 compute_dtype=torch.float32, all_greedy: bool = False, launch=None) -> BlockOutput:
     """All γ positions of a draft block: base_logits [N, γ, V], hidden [N, γ, H], anchor [N] ->
     tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block;
     all_greedy as in markov_step."""
@@ -77,9 +69,11 @@ def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperatur
         impl = fast_torch  # the reference's results with fewer ops (the CPU serving path)
     return impl.markov_block(
         base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf, output=output,
-        topk_ids=topk_ids, compute_dtype=compute_dtype, **_hint(impl, all_greedy))
+        compute_dtype=compute_dtype, **_triton_only(impl, all_greedy, launch))
 
 
-def _hint(impl, all_greedy: bool) -> dict:
-    # Only the Triton path uses the hint (the torch paths check the temperatures themselves).
-    return {"all_greedy": all_greedy} if impl not in (reference, fast_torch) else {}
+def _triton_only(impl, all_greedy: bool, launch) -> dict:
+    # Only the Triton path takes the hint (the torch paths check the temperatures themselves) and launch options.
+    if impl in (reference, fast_torch):
+        return {}
+    return {"all_greedy": all_greedy} | ({"launch": launch} if launch is not None else {})

@@ -3,7 +3,7 @@
 Semantics (deepspec-format.md §6-7; `vllm_dspark.model.heads.MarkovHead` is the module form): for draft position
 k and request n, prev = anchor (k = 0) or the token chosen at k-1; w1 = W1[prev]; z = head(w1, h_k, state)
 (vanilla: z = w1); corrected logits L = U_k + W2s @ z with W2s the stored `markov_w2.weight` [V, r]; the token is
-argmax(L) when T_n < GREEDY_EPS, else a draw from softmax(L / T_n); confidence logit = w·[h_k ; w1] + b.
+argmax(L) when T_n < GREEDY_EPS (vllm_dspark.config), else a draw from softmax(L / T_n); confidence logit = w·[h_k ; w1] + b.
 
 Sampling contract (identical in both backends, so a seed gives the same token on CPU and GPU up to float
 rounding at a CDF boundary): step k of request n draws two uniforms from Philox4x32-10 with key = seeds[n] and
@@ -25,7 +25,6 @@ HeadType = Literal["vanilla", "gated", "rnn"]
 Output = Literal["none", "logits", "probs"]
 OUTPUTS = ("none", "logits", "probs")
 
-GREEDY_EPS = 1e-5  # T below this means greedy (heads.logits_to_probs uses the same threshold)
 SAMPLE_GROUP = 128  # vocabulary ids per sampling group; also the Triton kernel's vocabulary tile
 
 
@@ -95,7 +94,7 @@ class StepOutput:
     lse: torch.Tensor  # [N] float32 logsumexp(L / T) (of L for greedy rows)
     conf_logits: torch.Tensor | None = None  # [N] float32
     logits: torch.Tensor | None = None  # [N, V] float32 corrected logits L (output="logits")
-    probs: torch.Tensor | None = None  # [N, V] float32 draft distribution (output="probs"); [N, K] for top-k
+    probs: torch.Tensor | None = None  # [N, V] float32 draft distribution (output="probs")
 
 
 @dataclasses.dataclass
@@ -105,7 +104,7 @@ class BlockOutput:
     lse: torch.Tensor  # [N, γ] float32
     conf_logits: torch.Tensor | None = None  # [N, γ] float32
     logits: torch.Tensor | None = None  # [N, γ, V] float32
-    probs: torch.Tensor | None = None  # [N, γ, V] float32 ([N, γ, K] for top-k)
+    probs: torch.Tensor | None = None  # [N, γ, V] float32
 
 
 def head_inputs(weights: MarkovWeights, prev_ids: torch.Tensor, hidden: torch.Tensor | None, state=None):
@@ -170,8 +169,7 @@ def _check_vec(name, t, n, integer):
         raise ValueError(f"{name} must be a floating tensor, got {t.dtype}")
 
 
-def check_block_inputs(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets, conf,
-                       topk_ids):
+def check_block_inputs(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets, conf):
     if base_logits.dim() != 3:
         raise ValueError(f"base_logits must be [N, γ, V], got shape {tuple(base_logits.shape)}")
     n, gamma, v = base_logits.shape
@@ -190,15 +188,4 @@ def check_block_inputs(base_logits, hidden, anchor, weights: MarkovWeights, temp
         want = hidden.shape[-1] + (weights.rank if conf.with_markov else 0)
         if conf.weight.numel() != want:
             raise ValueError(f"confidence weight has {conf.weight.numel()} entries, expected H(+r) = {want}")
-    if topk_ids is not None and (topk_ids.dim() != 3 or topk_ids.shape[:2] != (n, gamma)):
-        raise ValueError(f"topk_ids must be [N, γ, K] = [{n}, {gamma}, K], got {tuple(topk_ids.shape)}")
     return n, gamma, v
-
-
-def check_topk_ids(topk_ids, n):
-    if topk_ids.dim() != 2 or topk_ids.shape[0] != n:
-        raise ValueError(f"topk_ids must be [N, K] with N = {n}, got shape {tuple(topk_ids.shape)}")
-    if topk_ids.dtype.is_floating_point:
-        raise ValueError(f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
-    if topk_ids.shape[1] < 1:
-        raise ValueError("topk_ids must have K >= 1 candidates")

@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_dspark.config import GREEDY_EPS
+
 from . import reference
-from .common import GREEDY_EPS, BlockOutput, ConfidenceWeights, MarkovWeights, check_block_inputs, head_inputs
+from .common import BlockOutput, ConfidenceWeights, MarkovWeights, check_block_inputs, head_inputs
 
 _W2_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -48,13 +50,9 @@ def markov_block(
     *,
     conf: ConfidenceWeights | None = None,
     output: str = "none",
-    topk_ids: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> BlockOutput:
-    if topk_ids is not None:  # the candidate-restricted variant is already [N, K]-sized: nothing to gain
-        return reference.markov_block(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf,
-                                      output=output, topk_ids=topk_ids, compute_dtype=compute_dtype)
-    n, gamma, v = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf, None)
+    n, gamma, v = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf)
     if output not in ("none", "logits", "probs"):
         raise ValueError(f"output must be 'none', 'logits' or 'probs', got {output!r}")
     cd = compute_dtype

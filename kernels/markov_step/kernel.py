@@ -16,26 +16,28 @@ Design (memory bound: per step the whole batch needs V·r weights + N·V base lo
 2. `_select_kernel`, grid = N: combines the tile stats (online-softmax merge) into lse and the greedy argmax, or
    samples by the two-level inverse CDF (common.py): u1 picks a tile from the tile masses, and the token is that
    tile's pass-1 draw (its logit recomputed from one W2 row for the log-prob). Without TILE_DRAW (the caller
-   said all_greedy, or the ablation switch) a sampled row instead recomputes the 128 corrected logits of the
-   drawn tile (one [128, r] W2 read per request) and draws with u2 there. Also the confidence logit
-   w·[h; W1[prev]] + b. Writes token / logprob / lse into [N] or strided
-   [N, γ] outputs, so the next step reads its prev ids straight from the token buffer (no host sync).
+   said all_greedy, or LaunchOptions(tile_draw=False)) a sampled row instead recomputes the 128 corrected logits
+   of the drawn tile (one [128, r] W2 read per request) and draws with u2 there. Also the confidence logit
+   w·[h; W1[prev]] + b. Writes token / logprob / lse into [N] or strided [N, γ] outputs, so the next step reads
+   its prev ids straight from the token buffer (no host sync).
 3. `_normalize_kernel` (output="probs" only): probs = exp(L/T - lse) in place (one-hot for greedy rows).
 
-Top-k variant: `_topk_logits_kernel` gathers the K candidates' W2 rows per request (no reuse across the batch,
-so a broadcast-multiply-reduce instead of `tl.dot`), then `_topk_select_kernel` does the softmax / choice over K.
+Launch choices the benchmark varies (tile config, tile order, in-tile draws) are `LaunchOptions` arguments of the
+launchers; the defaults are what serving runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from vllm_dspark.config import GREEDY_EPS
+
 from .._backend import interpreting
 from .common import (
-    GREEDY_EPS,
     SAMPLE_GROUP,
     BlockOutput,
     ConfidenceWeights,
@@ -43,12 +45,10 @@ from .common import (
     StepOutput,
     check_block_inputs,
     check_step_inputs,
-    check_topk_ids,
     head_inputs,
 )
 
 BLOCK_V = SAMPLE_GROUP  # vocabulary tile = sampling group (part of the RNG contract)
-MAX_TOPK = 8192
 
 
 @triton.jit
@@ -290,79 +290,6 @@ def _normalize_kernel(
     tl.store(ptrs, p, mask=vm)
 
 
-@triton.jit
-def _topk_logits_kernel(
-    u_ptr, stride_u,  # [N, V] base logits
-    ids_ptr, stride_ids,  # [N, K] candidate ids
-    prev_ptr, stride_prev, z_ptr, stride_z, w1_ptr, w2_ptr,
-    out_ptr, stride_out,  # [N, K] float32 corrected candidate logits
-    K, R,
-    BLOCK_K: tl.constexpr, BLOCK_RC: tl.constexpr, Z_FROM_PREV: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    jm = j < K
-    ids = tl.load(ids_ptr + n * stride_ids + j, mask=jm, other=0).to(tl.int64)
-    prev = tl.load(prev_ptr + n * stride_prev).to(tl.int64)
-    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, R, BLOCK_RC):
-        k = k0 + tl.arange(0, BLOCK_RC)
-        km = k < R
-        zc = _load_z_row(n, prev, k, km, z_ptr, stride_z, w1_ptr, R, Z_FROM_PREV)
-        w2 = tl.load(w2_ptr + ids[:, None] * R + k[None, :], mask=jm[:, None] & km[None, :], other=0.0)
-        acc += tl.sum(w2.to(tl.float32) * zc.to(w2.dtype).to(tl.float32)[None, :], axis=1)
-    logits = tl.load(u_ptr + n * stride_u + ids, mask=jm, other=0.0).to(tl.float32) + acc
-    tl.store(out_ptr + n * stride_out + j, logits, mask=jm)
-
-
-@triton.jit(do_not_specialize=["step"])
-def _topk_select_kernel(
-    cand_ptr, stride_cand,  # [N, K] float32 corrected candidate logits
-    ids_ptr, stride_ids,  # [N, K] candidate ids
-    prev_ptr, stride_prev, w1_ptr,
-    temp_ptr, seed_ptr, offset_ptr, step, greedy_eps,
-    hidden_ptr, stride_h, conf_w_ptr, conf_b_ptr, H,
-    tok_ptr, stride_tok, logp_ptr, stride_logp, lse_ptr, stride_lse, conf_ptr, stride_conf,
-    probs_ptr, stride_probs,  # [N, K] float32 candidate probs (WRITE_PROBS)
-    K, R,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
-    HAS_CONF: tl.constexpr, CONF_MARKOV: tl.constexpr, WRITE_PROBS: tl.constexpr,
-):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.arange(0, BLOCK_K)
-    jm = j < K
-    logits = tl.load(cand_ptr + n * stride_cand + j, mask=jm, other=float("-inf"))
-    temp = tl.load(temp_ptr + n)
-    greedy = temp < greedy_eps
-    inv_t = tl.where(greedy, 1.0, 1.0 / tl.maximum(temp, greedy_eps))
-    scaled = tl.where(jm, logits * inv_t, float("-inf"))
-    m = tl.max(scaled, axis=0)
-    shift = tl.where(m == float("-inf"), 0.0, m)
-    e = tl.exp(scaled - shift)
-    z_all = tl.sum(e, axis=0)
-    lse = shift + tl.log(z_all)
-    choice = tl.argmax(scaled, axis=0)
-    logp = temp * 0.0  # fp32 scalar (a temperature is finite)
-    if temp >= greedy_eps:
-        r0, _, _, _ = tl.randint4x(tl.load(seed_ptr + n), tl.load(offset_ptr + n) + step)
-        cum = tl.cumsum(e, axis=0)
-        first = tl.min(tl.where(jm & (cum > _uniform(r0) * z_all), j, BLOCK_K), axis=0)
-        choice = tl.where(first < BLOCK_K, first, tl.maximum(tl.max(tl.where(e > 0.0, j, -1), axis=0), 0))
-        logp = tl.sum(tl.where(j == choice, scaled, 0.0), axis=0) - lse
-    token = tl.load(ids_ptr + n * stride_ids + choice).to(tl.int64)
-    tl.store(tok_ptr + n * stride_tok, token)
-    tl.store(logp_ptr + n * stride_logp, logp)
-    tl.store(lse_ptr + n * stride_lse, lse)
-    if WRITE_PROBS:
-        p = tl.where(greedy, tl.where(j == choice, 1.0, 0.0), e / z_all)
-        tl.store(probs_ptr + n * stride_probs + j, p, mask=jm)
-    if HAS_CONF:
-        prev = tl.load(prev_ptr + n * stride_prev).to(tl.int64)
-        c = _confidence(n, prev, hidden_ptr, stride_h, conf_w_ptr, conf_b_ptr, w1_ptr, H, R, BLOCK_H, BLOCK_R,
-                        CONF_MARKOV)
-        tl.store(conf_ptr + n * stride_conf, c)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -379,11 +306,18 @@ def _tile_config(n: int, dot_fp32: bool) -> tuple[int, int, int, int]:
     return 64, 4, 1, 2
 
 
-TILE_CONFIG_OVERRIDE: tuple[int, int, int, int] | None = None  # (BLOCK_N, warps, stages, programs/SM): sweeps
-ALTERNATE_TILE_ORDER = True  # odd block positions walk the vocabulary tiles backwards (L2 reuse of W2)
-# In-tile draws in the tile kernel (a scan per tile) instead of the select kernel's per-request W2 tile re-read;
-# skipped when the caller says every row is greedy (`all_greedy=True`). False: the re-read (an ablation).
-TILE_DRAW = True
+@dataclasses.dataclass(frozen=True)
+class LaunchOptions:
+    """Launch choices of the Triton path; the defaults are the serving ones, the others are benchmark ablations."""
+
+    tile_config: tuple[int, int, int, int] | None = None  # (BLOCK_N, warps, stages, programs/SM); None: _tile_config
+    alternate_tile_order: bool = True  # odd block positions walk the vocabulary tiles backwards (L2 reuse of W2)
+    # In-tile draws in the tile kernel (a scan per tile) instead of the select kernel's per-request W2 tile
+    # re-read; skipped anyway when the caller says every row is greedy (`all_greedy=True`).
+    tile_draw: bool = True
+
+
+DEFAULT_LAUNCH = LaunchOptions()
 
 
 class _StepBuffers:
@@ -410,7 +344,7 @@ def _dummy(device, dtype=torch.float32):
 
 def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets, step, z, hidden,
                  conf: ConfidenceWeights | None, logits_out, out: _StepBuffers, scratch, reverse: bool,
-                 all_greedy: bool):
+                 all_greedy: bool, launch: LaunchOptions):
     """Launch the tile-stats and select kernels for one step; `logits_out` [N, V] fp32 view or None.
 
     all_greedy=True (the caller's promise that every temperature is < GREEDY_EPS) skips the in-tile draws; a row
@@ -427,7 +361,7 @@ def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, see
     num_tiles = triton.cdiv(v, BLOCK_V)
     tmax, tsum, targ = scratch(n, num_tiles)
     dot_fp32 = interpreting() or w2.dtype == torch.float32
-    block_n, warps, stages, per_sm = TILE_CONFIG_OVERRIDE or _tile_config(n, dot_fp32)
+    block_n, warps, stages, per_sm = launch.tile_config or _tile_config(n, dot_fp32)
     block_r = max(16, triton.next_power_of_2(r))
     n_btiles = triton.cdiv(n, block_n)
     progs_v = max(1, min(num_tiles, _num_sms(device) * per_sm // n_btiles))
@@ -437,7 +371,7 @@ def _launch_step(base_logits, prev_ids, weights: MarkovWeights, temperature, see
         zt = z = z.contiguous()
     write_logits = logits_out is not None
     lo = logits_out if write_logits else _dummy(device)
-    tile_draw = TILE_DRAW and not all_greedy
+    tile_draw = launch.tile_draw and not all_greedy
     _tile_stats_kernel[(n_btiles * progs_v,)](
         base_logits, base_logits.stride(0), prev_ids, prev_ids.stride(0), zt, zt.stride(0), w1, w2, temperature,
         seeds, offsets, step, tmax, tsum, targ, lo, lo.stride(0) if write_logits else 0,
@@ -475,43 +409,6 @@ def _normalize(logits_out, temperature, out: _StepBuffers):
     )
 
 
-def _launch_topk(base_logits, topk_ids, prev_ids, weights, temperature, seeds, offsets, step, z, hidden, conf,
-                 cand, probs_out, out: _StepBuffers):
-    n, _ = base_logits.shape
-    kk = topk_ids.shape[1]
-    if kk > MAX_TOPK:
-        raise ValueError(f"topk_ids has K = {kk} candidates; the top-k kernel supports K <= {MAX_TOPK}")
-    r = weights.rank
-    device = base_logits.device
-    block_r = max(16, triton.next_power_of_2(r))
-    zt = z if z is not None else weights.w1
-    ids = topk_ids if topk_ids.stride(-1) == 1 else topk_ids.contiguous()
-    block_k = min(128, triton.next_power_of_2(kk))
-    _topk_logits_kernel[(n, triton.cdiv(kk, block_k))](
-        base_logits, base_logits.stride(0), ids, ids.stride(0), prev_ids, prev_ids.stride(0), zt, zt.stride(0),
-        weights.w1, weights.w2, cand, cand.stride(0), kk, r,
-        BLOCK_K=block_k, BLOCK_RC=min(block_r, 64), Z_FROM_PREV=z is None, num_warps=4,
-    )
-    has_conf = conf is not None
-    h = hidden if has_conf else _dummy(device)
-    cw = conf.weight if has_conf else _dummy(device)
-    cb = conf.bias if has_conf else _dummy(device)
-    conf_out = out.conf if has_conf else _dummy(device)
-    hdim = h.shape[-1] if has_conf else 1
-    po = probs_out if probs_out is not None else _dummy(device)
-    _topk_select_kernel[(n,)](
-        cand, cand.stride(0), ids, ids.stride(0), prev_ids, prev_ids.stride(0), weights.w1,
-        temperature, seeds, offsets, step, GREEDY_EPS,
-        h, h.stride(0), cw, cb, hdim,
-        out.tokens, out.tokens.stride(0), out.logprobs, out.logprobs.stride(0), out.lse, out.lse.stride(0),
-        conf_out, conf_out.stride(0), po, po.stride(0) if probs_out is not None else 0,
-        kk, r,
-        BLOCK_K=triton.next_power_of_2(kk), BLOCK_R=block_r, BLOCK_H=min(1024, triton.next_power_of_2(hdim)),
-        HAS_CONF=has_conf, CONF_MARKOV=has_conf and conf.with_markov, WRITE_PROBS=probs_out is not None,
-        num_warps=4,
-    )
-
-
 class _Scratch:
     """Tile-stat buffers, allocated once per call and reused by every step of a block."""
 
@@ -543,7 +440,8 @@ def _new_step_buffers(n, device, has_conf, gamma=None):
 
 
 def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *, step=0, z=None,
-                hidden=None, conf=None, output="none", compute_dtype=None, all_greedy=False) -> StepOutput:
+                hidden=None, conf=None, output="none", compute_dtype=None, all_greedy=False,
+                launch: LaunchOptions = DEFAULT_LAUNCH) -> StepOutput:
     """Triton form of reference.markov_step (compute_dtype is ignored: fp32 accumulation; all_greedy: see
     _launch_step)."""
     n, v = check_step_inputs(base_logits, prev_ids, weights, temperature, seeds, offsets, z, hidden, conf, output)
@@ -553,44 +451,24 @@ def markov_step(base_logits, prev_ids, weights: MarkovWeights, temperature, seed
     out = _StepBuffers(tokens, logprobs, lse, conf_out)
     logits_out = torch.empty(n, v, device=device, dtype=torch.float32) if output != "none" else None
     _launch_step(base_logits, prev_ids, weights, temperature, seeds, offsets, step, z, hidden, conf, logits_out,
-                 out, _Scratch(device), reverse=False, all_greedy=all_greedy)
+                 out, _Scratch(device), reverse=False, all_greedy=all_greedy, launch=launch)
     if output == "probs":
         _normalize(logits_out, temperature, out)
     return StepOutput(tokens, logprobs, lse, conf_out, logits_out if output == "logits" else None,
                       logits_out if output == "probs" else None)
 
 
-def markov_step_topk(base_logits, topk_ids, prev_ids, weights: MarkovWeights, temperature, seeds, offsets=None, *,
-                     step=0, z=None, hidden=None, conf=None, output="none", compute_dtype=None) -> StepOutput:
-    """Triton form of reference.markov_step_topk."""
-    n, v = check_step_inputs(base_logits, prev_ids, weights, temperature, seeds, offsets, z, hidden, conf, output)
-    check_topk_ids(topk_ids, n)
-    temperature, seeds, offsets, conf = _prep(temperature, seeds, offsets, weights, conf)
-    device = base_logits.device
-    tokens, logprobs, lse, conf_out = _new_step_buffers(n, device, conf is not None)
-    out = _StepBuffers(tokens, logprobs, lse, conf_out)
-    cand = torch.empty(n, topk_ids.shape[1], device=device, dtype=torch.float32)
-    probs = torch.empty_like(cand) if output == "probs" else None
-    _launch_topk(base_logits, topk_ids, prev_ids, weights, temperature, seeds, offsets, step, z, hidden, conf,
-                 cand, probs, out)
-    return StepOutput(tokens, logprobs, lse, conf_out, cand if output == "logits" else None, probs)
-
-
 def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperature, seeds, offsets=None, *,
-                 conf=None, output="none", topk_ids=None, compute_dtype=None, all_greedy=False) -> BlockOutput:
+                 conf=None, output="none", compute_dtype=None, all_greedy=False,
+                 launch: LaunchOptions = DEFAULT_LAUNCH) -> BlockOutput:
     """γ launches of the step kernels (2 per position, 3 with probs). No host sync: each position reads its prev
     ids from the previous column of the token buffer. Wrap in kernels.graphs.GraphedDraftRound to remove the
     launch overhead."""
-    n, gamma, v = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf,
-                                     topk_ids)
+    n, gamma, v = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf)
     temperature, seeds, offsets, conf = _prep(temperature, seeds, offsets, weights, conf)
     device = base_logits.device
     tokens, logprobs, lse, conf_out = _new_step_buffers(n, device, conf is not None, gamma)
-    big = None
-    if output != "none":
-        width = v if topk_ids is None else topk_ids.shape[2]
-        big = torch.empty(n, gamma, width, device=device, dtype=torch.float32)
-    cand = None if topk_ids is None else torch.empty(n, topk_ids.shape[2], device=device, dtype=torch.float32)
+    big = torch.empty(n, gamma, v, device=device, dtype=torch.float32) if output != "none" else None
     scratch = _Scratch(device)
     prev, state = anchor, None
     for k in range(gamma):
@@ -599,16 +477,12 @@ def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperatur
         if weights.head_type != "vanilla":
             z, _, state = head_inputs(weights, prev, h_k, state)
         out = _StepBuffers(tokens[:, k], logprobs[:, k], lse[:, k], conf_out[:, k] if conf_out is not None else None)
-        if topk_ids is None:
-            col = big[:, k] if big is not None else None
-            _launch_step(base_logits[:, k], prev, weights, temperature, seeds, offsets, k, z, h_k, conf, col, out,
-                         scratch, reverse=ALTERNATE_TILE_ORDER and bool(k % 2), all_greedy=all_greedy)
-            if output == "probs":
-                _normalize(col, temperature, out)
-        else:
-            c = big[:, k] if output == "logits" else cand
-            _launch_topk(base_logits[:, k], topk_ids[:, k], prev, weights, temperature, seeds, offsets, k, z, h_k,
-                         conf, c, big[:, k] if output == "probs" else None, out)
+        col = big[:, k] if big is not None else None
+        _launch_step(base_logits[:, k], prev, weights, temperature, seeds, offsets, k, z, h_k, conf, col, out,
+                     scratch, reverse=launch.alternate_tile_order and bool(k % 2), all_greedy=all_greedy,
+                     launch=launch)
+        if output == "probs":
+            _normalize(col, temperature, out)
         prev = tokens[:, k]
     return BlockOutput(tokens, logprobs, lse, conf_out, big if output == "logits" else None,
                        big if output == "probs" else None)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_dspark.config import GREEDY_EPS
+
 from .common import (
-    GREEDY_EPS,
     SAMPLE_GROUP,
     BlockOutput,
     ConfidenceWeights,
@@ -18,7 +19,6 @@ from .common import (
     StepOutput,
     check_block_inputs,
     check_step_inputs,
-    check_topk_ids,
     head_inputs,
 )
 
@@ -145,57 +145,6 @@ def markov_step(
     )
 
 
-def markov_step_topk(
-    base_logits: torch.Tensor,  # [N, V]
-    topk_ids: torch.Tensor,  # [N, K] candidate ids (e.g. torch.topk(base_logits, K).indices)
-    prev_ids: torch.Tensor,  # [N]
-    weights: MarkovWeights,
-    temperature: torch.Tensor,  # [N]
-    seeds: torch.Tensor,  # [N]
-    offsets: torch.Tensor | None = None,
-    *,
-    step: int = 0,
-    z: torch.Tensor | None = None,
-    hidden: torch.Tensor | None = None,
-    conf: ConfidenceWeights | None = None,
-    output: str = "none",  # "none" | "logits" ([N, K] corrected logits of the candidates) | "probs" ([N, K])
-    compute_dtype: torch.dtype = torch.float32,
-) -> StepOutput:
-    """The step restricted to K candidates per request: the draft distribution is softmax(L/T) over them.
-
-    Sampling is a one-level inverse CDF over the K candidates with u1 of the same Philox draw.
-    Returned tokens are vocabulary ids; logits/probs are [N, K] in candidate order.
-    """
-    n, _ = check_step_inputs(base_logits, prev_ids, weights, temperature, seeds, offsets, z, hidden, conf, output)
-    check_topk_ids(topk_ids, n)
-    cd = compute_dtype
-    ids = topk_ids.long()
-    w1_prev = F.embedding(prev_ids, weights.w1)
-    zz = (w1_prev if z is None else z).to(weights.w2.dtype).to(cd)  # [N, r]
-    w2_rows = weights.w2[ids].to(cd)  # [N, K, r]
-    logits = base_logits.gather(1, ids).to(cd) + torch.einsum("nkr,nr->nk", w2_rows, zz)  # [N, K]
-    greedy = temperature < GREEDY_EPS
-    inv_t = torch.where(greedy, 1.0, 1.0 / temperature.to(cd).clamp_min(GREEDY_EPS)).to(cd)
-    scaled = logits * inv_t[:, None]
-    lse = torch.logsumexp(scaled, dim=-1)
-    offsets = torch.zeros_like(seeds) if offsets is None else offsets
-    u1, _ = uniforms(seeds, offsets.long() + step)
-    p = torch.softmax(scaled, dim=-1)
-    j = torch.where(greedy, logits.argmax(-1), first_above(p, u1.to(cd) * p.sum(-1)))
-    logprobs = torch.where(greedy, 0.0, scaled.gather(1, j[:, None]).squeeze(1) - lse)
-    probs = None
-    if output == "probs":
-        probs = torch.where(greedy[:, None], F.one_hot(j, ids.shape[1]).to(cd), p).float()
-    return StepOutput(
-        tokens=ids.gather(1, j[:, None]).squeeze(1),
-        logprobs=logprobs.float(),
-        lse=lse.float(),
-        conf_logits=_confidence(conf, hidden, w1_prev, cd),
-        logits=logits.float() if output == "logits" else None,
-        probs=probs,
-    )
-
-
 def markov_block(
     base_logits: torch.Tensor,  # [N, γ, V]
     hidden: torch.Tensor | None,  # [N, γ, H] (needed by gated/rnn heads and the confidence head)
@@ -207,21 +156,16 @@ def markov_block(
     *,
     conf: ConfidenceWeights | None = None,
     output: str = "none",
-    topk_ids: torch.Tensor | None = None,  # [N, γ, K]: restrict each position to these candidates
     compute_dtype: torch.dtype = torch.float32,
 ) -> BlockOutput:
     """All γ positions of a draft block, left to right (each position's prev is the token chosen before it)."""
-    n, gamma, _ = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf,
-                                     topk_ids)
+    n, gamma, _ = check_block_inputs(base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf)
     prev, state, steps = anchor, None, []
     for k in range(gamma):
         h_k = hidden[:, k] if hidden is not None else None
         z, _, state = head_inputs(weights, prev, h_k, state)
         kw = dict(step=k, z=z, hidden=h_k, conf=conf, output=output, compute_dtype=compute_dtype)
-        if topk_ids is None:
-            out = markov_step(base_logits[:, k], prev, weights, temperature, seeds, offsets, **kw)
-        else:
-            out = markov_step_topk(base_logits[:, k], topk_ids[:, k], prev, weights, temperature, seeds, offsets, **kw)
+        out = markov_step(base_logits[:, k], prev, weights, temperature, seeds, offsets, **kw)
         steps.append(out)
         prev = out.tokens
     return stack_steps(steps)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
-from vllm_dspark.config import DSparkConfig
+from vllm_dspark.config import GREEDY_EPS, DSparkConfig
 from vllm_dspark.model import DSparkDrafter
 
 V, H, R, GAMMA, N = 97, 24, 7, 5, 6  # odd sizes
@@ -74,7 +74,7 @@ def test_sampled_probs_are_the_reference_distribution(head_type):
     out = _stage(drafter)(base, hidden, anchors, temps, seeds, offsets, want_probs=True)
     prev = torch.cat([anchors[:, None], out.tokens[:, :-1]], dim=1)
     logits, conf = _reference_logits(drafter, hidden, base, prev)
-    greedy = temps < 1e-5
+    greedy = temps < GREEDY_EPS
     t = torch.where(greedy, 1.0, temps).double()[:, None, None]
     want = torch.softmax(logits / t, dim=-1)
     one_hot = torch.nn.functional.one_hot(logits.argmax(-1), V).double()
@@ -130,7 +130,7 @@ def test_draft_round_is_lm_head_then_stage(want_probs):
     assert got.tokens.shape == (N, 3) and torch.equal(got.tokens, want.tokens)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
+@pytest.mark.gpu  # CUDA-graph capture
 @pytest.mark.parametrize("head_type", ["vanilla", "rnn"])
 def test_draft_round_graph_replay_matches_eager(head_type):
     """Captured at 1, 4, 8 requests: replays at 1, 3 (padded to 4), 8 and an eager batch of 9 equal the eager

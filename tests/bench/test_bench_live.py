@@ -35,6 +35,7 @@ NGRAM_ARGS = ["--speculative-config.method", "ngram", "--speculative-config.num_
 # The bench talks to any server; keep the plugin under development (our vllm.general_plugins entry) out of it.
 SERVER_ENV = {"VLLM_PLUGINS": ""}
 NUM_PROMPTS, MAX_TOKENS = 4, 16
+pytestmark = pytest.mark.e2e  # real vLLM servers (tests/conftest.py adds slow)
 
 
 def _skip_reason() -> str | None:

@@ -32,7 +32,11 @@ NEW_TOKENS = 32
 PROMPTS = 3
 PROMPT_TOKENS = 96
 
-needs_target = pytest.mark.skipif(not (TARGET / "config.json").is_file(), reason=f"no target model at {TARGET}")
+
+def needs_target(test):
+    """Inflates the real pycode-23m (seconds per test on 2 cores): slow, and skipped without the model."""
+    skip = pytest.mark.skipif(not (TARGET / "config.json").is_file(), reason=f"no target model at {TARGET}")
+    return pytest.mark.slow(skip(test))
 
 
 def pycode_config() -> dict:
@@ -210,7 +214,7 @@ def make_drafter(directory: Path, head_type: str, rank: int) -> dict:
 @pytest.mark.parametrize("head_type, rank", [("vanilla", 32), ("gated", 32), ("rnn", 32), ("vanilla", 0)])
 @torch.no_grad()
 def test_inflated_drafter_keeps_drafts_and_confidences(tmp_path, models, inflated, head_type, rank):
-    pytest.importorskip("vllm_dspark.model", reason="the lead's drafter module is needed as the drafter oracle")
+    pytest.importorskip("vllm_dspark.model", reason="vllm_dspark.model (the drafter oracle) is needed")
     from vllm_dspark.checkpoint import load_drafter
     from vllm_dspark.model import target_features
 

@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 
-V, R, H, N, GAMMA, K = 151936, 256, 4096, 3, 2, 40
+V, R, H, N, GAMMA = 151936, 256, 4096, 3, 2
 
 
 @dataclasses.dataclass
@@ -108,23 +108,12 @@ def _markov_calls():
             kernel.markov_block(u, hidden, anchor, w, temp, seeds, conf=conf, all_greedy=all_greedy)
         # γ = 1: recorded launches do not run, so later positions would gather garbage token ids.
         kernel.markov_block(u[:, :1], hidden[:, :1], anchor, gated, temp, seeds, output="probs")
-        kernel.markov_block(u, hidden, anchor, w, temp, seeds, conf=conf, output="probs",
-                            topk_ids=torch.zeros(N, GAMMA, K, dtype=torch.int64))
-
-
-def _admission_calls():
-    from vllm_dspark.kernels.admission import kernel
-    from vllm_dspark.scheduling.cost import CostTable
-
-    tx, ty = CostTable([1, 64, 256], [0.006, 0.0065, 0.009]).as_tensors("cpu")
-    kernel.admit(torch.rand(N, 7), torch.full((N,), 7), tx, ty)
 
 
 def all_launches() -> list[Launch]:
-    from vllm_dspark.kernels.admission import kernel as admission
     from vllm_dspark.kernels.markov_step import kernel as markov
 
-    out = record_launches(markov, _markov_calls) + record_launches(admission, _admission_calls)
+    out = record_launches(markov, _markov_calls)
     unique = {}
     for launch in out:
         key = (launch.name, tuple(launch.signature.values()), tuple(launch.options.items()), tuple(launch.attrs))

@@ -12,9 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-    for name in ("vllm_dspark.kernels.markov_step.kernel", "vllm_dspark.kernels.admission.kernel"):
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+    name = "vllm_dspark.kernels.markov_step.kernel"
+    if name in sys.modules:
+        importlib.reload(sys.modules[name])
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -54,7 +54,7 @@ def test_fast_block_matches_reference(head_type, temps, output, dtype):
             torch.testing.assert_close(a, b, **TOL[name])
 
 
-def test_dispatch_takes_fast_path_and_topk_falls_back(monkeypatch):
+def test_dispatch_takes_the_fast_path(monkeypatch):
     w, conf = _weights(97, 8, 4, "vanilla", torch.float32, 0)
     u, hidden = torch.randn(2, 3, 97), torch.randn(2, 3, 8)
     args = (u, hidden, torch.tensor([1, 2]), w, torch.zeros(2), torch.zeros(2, dtype=torch.long))
@@ -63,9 +63,6 @@ def test_dispatch_takes_fast_path_and_topk_falls_back(monkeypatch):
     monkeypatch.setattr(fast_torch, "markov_block", lambda *a, **k: calls.append(1) or real(*a, **k))
     markov_block(*args, backend="torch")
     assert calls == [1]
-    ids = torch.topk(u, 5, dim=-1).indices
-    want = reference.markov_block(*args, topk_ids=ids)
-    assert torch.equal(markov_block(*args, topk_ids=ids, backend="torch").tokens, want.tokens)
 
 
 def test_w2_cache_follows_in_place_updates():

@@ -53,7 +53,7 @@ def test_flatten_rebuilds_nested_outputs():
     torch.testing.assert_close(back.c[1]["s"], out.c[1]["s"] * 10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu  # CUDA graphs
 def test_graph_replay_matches_direct_call_with_padding():
     v, r, h, gamma = 1000, 32, 64, 4
     w = random_weights(v, r, h, "gated", torch.bfloat16, "cuda", gen=torch.Generator().manual_seed(0))

@@ -10,7 +10,9 @@ import torch
 from scipy.stats import chisquare
 
 from markov_checks import random_weights
+from vllm_dspark.kernels._backend import interpreting
 from vllm_dspark.kernels.markov_step import markov_step
+from vllm_dspark.kernels.markov_step.kernel import LaunchOptions
 
 P_ACCEPT = 1e-3  # correct distribution: p-value above this
 P_REJECT = 1e-6  # wrong distribution: p-value below this
@@ -38,10 +40,10 @@ def _expected(p, peaks, n):
     return n * (p if len(peaks) == len(p) else np.append(p[peaks], 1.0 - p[peaks].sum()))
 
 
-def _draw(w, u, prev, temp, n, backend, device):
+def _draw(w, u, prev, temp, n, backend, device, launch):
     seeds = torch.arange(n, device=device) * 7919 + 3
     return markov_step(u.expand(n, -1).contiguous(), torch.full((n,), prev, device=device), w,
-                       torch.full((n,), temp, device=device), seeds, step=1, backend=backend).tokens
+                       torch.full((n,), temp, device=device), seeds, step=1, backend=backend, launch=launch).tokens
 
 
 def _merge_rare(counts, expected, min_expected=5.0):
@@ -61,18 +63,21 @@ def _chi2_p(observed, expected, right):
     return chisquare(_merge_rare(observed, right), _merge_rare(expected, right)).pvalue
 
 
-# triton-tile: in-group draw in the tile kernel (default); triton-reread: kernel.TILE_DRAW off (the select kernel
-# re-reads the drawn group's W2 rows). The torch backend has one path.
-@pytest.mark.parametrize("path,n", [("triton-tile", 500), ("triton-reread", 500), ("torch", 20000)])
-@pytest.mark.parametrize("v,peaks", [(7, list(range(7))), (300, [3, 100, 127, 128, 200, 256, 299])])
-def test_sample_distribution_chi2(path, n, v, peaks, device, monkeypatch):
-    from vllm_dspark.kernels.markov_step import kernel
+# triton-tile: in-group draw in the tile kernel (default); triton-reread: LaunchOptions(tile_draw=False) (the select
+# kernel re-reads the drawn group's W2 rows). The torch backend has one path. Under the interpreter (no GPU) a
+# Triton case takes ~10 s: slow.
+_INTERPRETED = [pytest.mark.slow] if interpreting() else []
 
-    monkeypatch.setattr(kernel, "TILE_DRAW", path != "triton-reread")
+
+@pytest.mark.parametrize("path,n", [pytest.param("triton-tile", 500, marks=_INTERPRETED),
+                                    pytest.param("triton-reread", 500, marks=_INTERPRETED), ("torch", 20000)])
+@pytest.mark.parametrize("v,peaks", [(7, list(range(7))), (300, [3, 100, 127, 128, 200, 256, 299])])
+def test_sample_distribution_chi2(path, n, v, peaks, device):
     backend = path.split("-")[0]
+    launch = LaunchOptions(tile_draw=path != "triton-reread") if backend == "triton" else None
     temp = 0.5
     w, u, prev, logits = _case(v, peaks, device)
-    observed = _bins(_draw(w, u, prev, temp, n, backend, device), peaks, v)
+    observed = _bins(_draw(w, u, prev, temp, n, backend, device, launch), peaks, v)
     right = _expected(torch.softmax(logits / temp, 0), peaks, n)
     assert len(_merge_rare(right, right)) >= 5, "test design: too few bins with >= 5 expected draws"
     assert _chi2_p(observed, right, right) > P_ACCEPT

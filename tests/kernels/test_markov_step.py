@@ -1,4 +1,4 @@
-"""Triton Markov step / top-k / block vs the float64 torch reference (CPU: Triton interpreter; tiny odd shapes).
+"""Triton Markov step / block vs the float64 torch reference (CPU: Triton interpreter; tiny odd shapes).
 
 Tolerances: markov_checks.TOL. Tokens: markov_checks.check_tokens (exact choice of the float64 reference unless
 within 1e-5 of a decision boundary).
@@ -15,9 +15,9 @@ from vllm_dspark.kernels.markov_step import (
     head_inputs,
     markov_block,
     markov_step,
-    markov_step_topk,
     reference,
 )
+from vllm_dspark.kernels.markov_step.kernel import LaunchOptions
 from vllm_dspark.kernels.markov_step.reference import philox4x32
 
 
@@ -48,17 +48,14 @@ CASES = [
 
 
 # How sampled rows get their in-group token: "tile" = drawn in the tile kernel (default); "reread" = the select
-# kernel re-reads the drawn group's W2 rows (kernel.TILE_DRAW off); "hint" = the caller wrongly claims
+# kernel re-reads the drawn group's W2 rows (LaunchOptions(tile_draw=False)); "hint" = the caller wrongly claims
 # all_greedy=True while rows sample, which must fall back to the re-read, not draw greedily.
 DRAW_PATHS = ["tile", "reread", "hint"]
 
 
 @pytest.fixture(params=DRAW_PATHS)
-def draw_path(request, monkeypatch):
-    from vllm_dspark.kernels.markov_step import kernel
-
-    monkeypatch.setattr(kernel, "TILE_DRAW", request.param != "reread")
-    return dict(all_greedy=request.param == "hint")
+def draw_path(request):
+    return dict(all_greedy=request.param == "hint", launch=LaunchOptions(tile_draw=request.param != "reread"))
 
 
 @pytest.mark.parametrize("n,v,r,h,dtype", CASES)
@@ -118,32 +115,6 @@ def test_greedy_ties_pick_first_occurrence(device):
     assert markov_step(*args, backend="torch").tokens.tolist() == [20, 150]
 
 
-@pytest.mark.parametrize("output", ["none", "probs"])
-def test_topk_matches_reference(output, device):
-    n, v, r, h, k = 5, 523, 24, 40, 37
-    w, conf, u, prev, hidden, temp, seeds, offsets = _inputs(n, v, r, h, torch.bfloat16, device, seed=11)
-    ids = torch.topk(u.float(), k).indices
-    got = markov_step_topk(u, ids, prev, w, temp, seeds, offsets, step=2, hidden=hidden, conf=conf, output=output,
-                           backend="triton")
-    want = reference.markov_step_topk(u, ids, prev, w, temp, seeds, offsets, step=2, hidden=hidden, conf=conf,
-                                      output=output, compute_dtype=torch.float64)
-    assert got.tokens.tolist() == want.tokens.tolist()
-    assert all(t in row for t, row in zip(got.tokens.tolist(), ids.tolist()))
-    for name in ("lse", "logprobs", "conf_logits") + (("probs",) if output == "probs" else ()):
-        _close(name, getattr(got, name), getattr(want, name))
-
-
-def test_topk_with_all_ids_equals_full_vocab_greedy(device):
-    n, v = 3, 200
-    w, _, u, prev, _, _, seeds, _ = _inputs(n, v, 16, 8, torch.float32, device, seed=3)
-    temp = torch.zeros(n, device=device)
-    ids = torch.argsort(torch.rand(n, v), dim=-1).to(device)  # every id, shuffled
-    full = reference.markov_step(u, prev, w, temp, seeds, compute_dtype=torch.float64)
-    got = markov_step_topk(u, ids, prev, w, temp, seeds, backend="triton")
-    assert got.tokens.tolist() == full.tokens.tolist()
-    _close("lse", got.lse, full.lse)
-
-
 @pytest.mark.parametrize("head_type", ["vanilla", "gated", "rnn"])
 def test_block_matches_stepwise_reference(head_type, draw_path, device):
     """markov_block (γ = 3, alternating tile order) vs the reference fed the kernel's own previous tokens."""
@@ -169,20 +140,6 @@ def test_block_matches_stepwise_reference(head_type, draw_path, device):
         for name in ("lse", "logprobs", "conf_logits", "probs"):
             _close(name, getattr(got, name)[:, k], getattr(want, name))
         prev = got.tokens[:, k]
-
-
-def test_block_topk_matches_reference(device):
-    n, gamma, v, r, h, k = 2, 3, 257, 16, 8, 9
-    gen = torch.Generator().manual_seed(9)
-    w = random_weights(v, r, h, "vanilla", torch.float32, device, gen=gen)
-    u = (torch.randn(n, gamma, v, generator=gen) * 2).to(device)
-    ids = torch.topk(u, k).indices
-    args = (u, None, torch.tensor([3, 4], device=device), w, torch.tensor([0.0, 1.0], device=device),
-            torch.tensor([10, 20], device=device))
-    got = markov_block(*args, topk_ids=ids, output="logits", backend="triton")
-    want = reference.markov_block(*args, topk_ids=ids, output="logits", compute_dtype=torch.float64)
-    assert got.tokens.tolist() == want.tokens.tolist()
-    _close("logits", got.logits, want.logits)
 
 
 def test_philox_matches_random123_known_answers():

@@ -4,20 +4,16 @@ import pytest
 import torch
 
 from markov_checks import TOL, check_tokens, corrected_logits64
-from vllm_dspark.kernels.admission import admit
 from vllm_dspark.kernels.markov_step import ConfidenceWeights, MarkovWeights, markov_block, reference
-from vllm_dspark.scheduling.admission import admit_torch
-from vllm_dspark.scheduling.cost import CostTable
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("tile_draw", [True, False])
 @pytest.mark.parametrize("n", [1, 70])
-def test_full_size_block_matches_reference(n, tile_draw, monkeypatch):
-    from vllm_dspark.kernels.markov_step import kernel
+def test_full_size_block_matches_reference(n, tile_draw):
+    from vllm_dspark.kernels.markov_step.kernel import LaunchOptions
 
-    monkeypatch.setattr(kernel, "TILE_DRAW", tile_draw)
     v, r, h, gamma = 151936, 256, 4096, 2
     gen = torch.Generator(device="cuda").manual_seed(n)
     bf = dict(device="cuda", dtype=torch.bfloat16)
@@ -30,7 +26,8 @@ def test_full_size_block_matches_reference(n, tile_draw, monkeypatch):
     anchor = torch.randint(0, v, (n,), generator=gen, device="cuda")
     temp = (torch.arange(n, device="cuda") % 3).float() * 0.6  # greedy, 0.6, 1.2
     seeds = torch.randint(0, 2**62, (n,), generator=gen, device="cuda")
-    got = markov_block(u, hidden, anchor, w, temp, seeds, conf=conf, output="probs", backend="triton")
+    got = markov_block(u, hidden, anchor, w, temp, seeds, conf=conf, output="probs", backend="triton",
+                       launch=LaunchOptions(tile_draw=tile_draw))
     prev = anchor
     for k in range(gamma):
         want = reference.markov_step(u[:, k], prev, w, temp, seeds, step=k, hidden=hidden[:, k], conf=conf,
@@ -41,12 +38,3 @@ def test_full_size_block_matches_reference(n, tile_draw, monkeypatch):
             torch.testing.assert_close(getattr(got, name)[:, k].double(), getattr(want, name).double(), **TOL[name])
         prev = got.tokens[:, k]
 
-
-def test_admission_large_batch():
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    tx, ty = CostTable([1, 64, 256, 1024, 2048], [0.006, 0.0065, 0.009, 0.03, 0.06]).as_tensors("cuda")
-    for _ in range(3):
-        conf = torch.rand(256, 7, generator=gen, device="cuda") ** 0.2
-        max_len = torch.randint(0, 8, (256,), generator=gen, device="cuda")
-        s, got = admit(conf, max_len, tx, ty, backend="triton")
-        assert got.tolist() == admit_torch(torch.cumprod(conf.double(), -1), max_len, tx, ty).tolist()

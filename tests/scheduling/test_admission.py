@@ -1,10 +1,9 @@
-"""Verification-length admission: greedy (paper Algorithm 1), its tensor form, SLA mode, against brute force.
+"""Verification-length admission: greedy (paper Algorithm 1), SLA mode, against brute force.
 
 References here are written independently of the module: a brute force over every prefix-length combination,
 a naive greedy that rescans all candidates each step, and a step-time function built on np.interp.
 """
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -12,10 +11,8 @@ import torch
 
 from vllm_dspark.scheduling.admission import (
     admit_sla,
-    admit_stale,
     admit_static,
     admit_throughput,
-    admit_torch,
     expected_throughput,
     survival_from_confidence,
     user_speeds,
@@ -101,13 +98,6 @@ def random_case(rng, ties=False):
     return conf, max_len
 
 
-def torch_lengths(conf, max_len, table, dtype=torch.float64):
-    surv = survival_from_confidence(torch.tensor(conf, dtype=dtype))
-    out = admit_torch(surv, torch.tensor(max_len), *table.as_tensors())
-    assert out.dtype == torch.int64 and out.shape == (len(max_len),)
-    return out.tolist()
-
-
 # ----- survival -----
 def test_survival_from_confidence_numpy_and_torch():
     conf = np.random.default_rng(0).uniform(size=(3, 5))
@@ -123,7 +113,6 @@ def test_hand_example():
     # Start: tau = 2, B = 2, Theta = 200. Admit (0,0) S=.9: 2.9 / .010 = 290 > 200. Admit (0,1) S=.72:
     # 3.62 / .010 = 362 > 290 (B = 4 still flat). Next (1,0) S=.5: B = 5 costs 20 ms: 4.12 / .020 = 206 < 362 -> stop.
     assert admit_throughput(conf, [2, 2], table).tolist() == [2, 0]
-    assert torch_lengths(conf, [2, 2], table) == [2, 0]
     assert expected_throughput(survival_from_confidence(conf), [2, 0], table) == pytest.approx(362.0)
 
 
@@ -132,35 +121,21 @@ def test_zero_confidence_drafts_are_not_verified_even_when_free():
     table = CostTable([1, 64], [0.010, 0.010])
     conf = np.array([[0.9, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
     assert admit_throughput(conf, [3, 3, 3], table).tolist() == [1, 0, 3]
-    assert torch_lengths(conf, [3, 3, 3], table) == [1, 0, 3]
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_greedy_matches_naive_and_torch_on_random_cases(ties):
+def test_greedy_matches_naive_on_random_cases(ties):
     rng = np.random.default_rng(1 + ties)
     for _ in range(300):
         conf, max_len = random_case(rng, ties)
         table = random_table(rng, staircase=bool(rng.integers(2)))
         expected = naive_greedy(ref_survival(conf), max_len, table)
         assert admit_throughput(conf, max_len, table).tolist() == expected, (conf, max_len)
-        assert torch_lengths(conf, max_len, table) == expected, (conf, max_len)
-
-
-def test_torch_matches_greedy_at_larger_sizes_and_float32():
-    rng = np.random.default_rng(2)
-    table = CostTable([1, 16, 64, 256, 1024], [0.010, 0.011, 0.016, 0.045, 0.19])
-    for num_req, gamma in [(37, 7), (128, 5), (3, 11)]:
-        conf = rng.beta(4, 1.5, size=(num_req, gamma)).astype(np.float32).astype(np.float64)
-        max_len = rng.integers(0, gamma + 1, size=num_req)
-        greedy = admit_throughput(conf, max_len, table).tolist()
-        assert torch_lengths(conf, max_len, table) == greedy
-        assert torch_lengths(conf, max_len, table, dtype=torch.float32) == greedy
 
 
 def test_empty_batch():
     table = CostTable([1, 8], [0.01, 0.02])
     assert admit_throughput(np.zeros((0, 3)), np.zeros(0, dtype=int), table).tolist() == []
-    assert admit_torch(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64), *table.as_tensors()).tolist() == []
     assert admit_sla(np.zeros((0, 3)), np.zeros(0, dtype=int), table, 50.0)[0].tolist() == []
 
 
@@ -184,7 +159,6 @@ def test_greedy_can_stop_before_the_global_optimum():
     table = CostTable([1, 2, 4], [0.010, 0.020, 0.020])
     conf = np.array([[0.9, 0.9, 0.9]])
     assert admit_throughput(conf, [3], table).tolist() == [0]
-    assert torch_lengths(conf, [3], table) == [0]
     assert brute_force_best(ref_survival(conf), [3], table) == pytest.approx(171.95)
     lengths, met = admit_sla(conf, [3], table, 0.0)  # the exact solver finds it
     assert met and lengths.tolist() == [3]
@@ -245,8 +219,7 @@ def test_lengths_are_prefixes_within_max_len():
     table = CostTable([1, 4], [0.010, 0.0100001])  # nearly free drafts: admits nearly everything
     conf = rng.uniform(0.5, 1.0, size=(5, 6))
     max_len = np.array([0, 1, 6, 3, 2])
-    for lengths in (admit_throughput(conf, max_len, table), np.array(torch_lengths(conf, max_len, table)),
-                    admit_sla(conf, max_len, table, 0.0)[0]):
+    for lengths in (admit_throughput(conf, max_len, table), admit_sla(conf, max_len, table, 0.0)[0]):
         assert np.all(lengths <= max_len) and np.all(lengths >= 0)
     assert admit_throughput(conf, max_len, table).tolist() == max_len.tolist()
 
@@ -259,7 +232,6 @@ def test_trimmed_under_load_long_when_idle():
     for num_req in (1, 4, 16, 32, 64):
         conf = np.full((num_req, gamma), 0.85)
         lengths = admit_throughput(conf, np.full(num_req, gamma), table)
-        assert torch_lengths(conf, np.full(num_req, gamma), table) == lengths.tolist()
         mean_len.append(lengths.mean())
     assert mean_len[0] == gamma  # idle: everything is verified
     assert all(a >= b for a, b in zip(mean_len, mean_len[1:])), mean_len
@@ -397,33 +369,3 @@ def test_sla_falls_back_to_throughput_when_infeasible():
     res = verify_lengths(conf, [3, 3], table, "sla", 250.0)
     assert res.mode == "sla->throughput"
     assert res.lengths.tolist() == admit_throughput(conf, [3, 3], table).tolist()
-
-
-# ----- stale confidences -----
-def test_admit_stale_clamps_to_current_drafts():
-    table = CostTable([1, 64], [0.010, 0.0100001])  # free drafts: admit everything available
-    stale = np.full((3, 4), 0.9)
-    res = admit_stale(stale, [2, 7, 0], table)
-    assert res.lengths.tolist() == [2, 4, 0]  # current availability, and no confidence past the stale width
-    assert math.isfinite(res.throughput)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_admit_torch_on_cuda_matches_greedy_without_host_sync():
-    rng = np.random.default_rng(9)
-    table = CostTable([1, 16, 64, 256, 1024], [0.010, 0.011, 0.016, 0.045, 0.19])
-    table_x, table_y = table.as_tensors("cuda")
-    for num_req, gamma in [(1, 1), (5, 3), (37, 7), (256, 7), (513, 11)]:
-        conf = rng.choice([0.5, 0.8, 0.9, 1.0], size=(num_req, gamma)) if num_req == 37 else \
-            rng.beta(4, 1.5, size=(num_req, gamma))
-        max_len = rng.integers(0, gamma + 1, size=num_req)
-        surv = survival_from_confidence(torch.tensor(conf, device="cuda"))
-        max_len_dev = torch.tensor(max_len, device="cuda")
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")  # any host sync inside admit_torch raises
-        try:
-            out = admit_torch(surv, max_len_dev, table_x, table_y)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        assert out.device.type == "cuda"
-        assert out.cpu().tolist() == admit_throughput(conf, max_len, table).tolist(), (num_req, gamma)

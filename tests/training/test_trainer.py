@@ -84,6 +84,7 @@ def _ddp_worker(rank: int, world: int, port: int, target: str, data: str, out: s
             dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two torchrun-style processes, each importing torch: about a minute on 2 cores
 def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path, tiny_target, tiny_data):
     # NOTE: adam_eps=1 keeps Adam's update proportional to the gradient; with eps=1e-8 a near-zero gradient's
     # sign (float rounding, reduction order) would flip an update of size lr, hiding the comparison.

@@ -51,7 +51,7 @@ class SequentialStage:
         base_logits: torch.Tensor,  # [R, γ, V]
         hidden: torch.Tensor,  # [R, γ, H] final-normed block hidden states
         anchors: torch.Tensor,  # [R] int
-        temperature: torch.Tensor,  # [R] float; < 1e-5 = greedy
+        temperature: torch.Tensor,  # [R] float; < GREEDY_EPS = greedy
         seeds: torch.Tensor,  # [R] int64
         offsets: torch.Tensor,  # [R] int64 Philox counter base
         want_probs: bool,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vllm_dspark.config import DSparkConfig
+from vllm_dspark.config import GREEDY_EPS, DSparkConfig
 from vllm_dspark.model.backbone import ParallelBackbone
 from vllm_dspark.model.heads import build_heads, calibrated_confidence, logits_to_probs
 
@@ -106,7 +106,7 @@ class DSparkDrafter(ParallelBackbone):
             if self.confidence_head is not None:
                 conf.append(self.confidence_head(h_k, w1_prev))
             p_k = logits_to_probs(l_k, temperature)
-            if temperature < 1e-5:
+            if temperature < GREEDY_EPS:
                 tok = l_k.argmax(-1)
             else:
                 tok = torch.multinomial(p_k, 1, generator=generator).squeeze(-1)

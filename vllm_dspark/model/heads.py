@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vllm_dspark.config import DSparkConfig
+from vllm_dspark.config import GREEDY_EPS, DSparkConfig
 
 State = torch.Tensor | None
 
@@ -109,7 +109,7 @@ def build_heads(cfg: DSparkConfig) -> tuple[MarkovHead | None, ConfidenceHead | 
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """float32 draft/target distribution: one-hot argmax at T < 1e-5 (greedy), else softmax(logits / T)."""
-    if temperature < 1e-5:
+    """float32 draft/target distribution: one-hot argmax at T < GREEDY_EPS (greedy), else softmax(logits / T)."""
+    if temperature < GREEDY_EPS:
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     return torch.softmax(logits.float() / temperature, dim=-1)

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vllm_dspark.scheduling.cost import CostTable, step_seconds_torch
+from vllm_dspark.scheduling.cost import CostTable
 
 __all__ = [
     "Admission", "survival_from_confidence", "expected_yield", "expected_throughput", "user_speeds",
-    "admit_static", "admit_throughput", "admit_sla", "admit_torch", "admit_stale", "verify_lengths", "MODES",
+    "admit_static", "admit_throughput", "admit_sla", "verify_lengths", "MODES",
 ]
 
 MODES = ("static", "throughput", "confidence", "sla")  # "confidence" = the paper's name for "throughput"
@@ -161,7 +161,7 @@ def admit_throughput(confidence, max_len, table: CostTable) -> np.ndarray:
 
     heap: list[tuple[float, int, int]] = [(-read(i, 0), 0, i) for i in range(num_req) if max_len[i] > 0]
     heapq.heapify(heap)
-    admitted_sum = 0.0  # sum of admitted survivals; tau = R + admitted_sum (same order as admit_torch's cumsum)
+    admitted_sum = 0.0  # sum of admitted survivals; tau = R + admitted_sum
     n = 0
     theta = num_req / step_time[0]
     while heap:
@@ -255,60 +255,6 @@ def admit_sla(confidence, max_len, table: CostTable, sla_tokens_per_user: float)
     best = int(np.argmax(theta))  # first maximum: fewest verified tokens among equals
     lengths = np.bincount(req[admitted[best]], minlength=num_req).astype(np.int64)
     return lengths, True
-
-
-def admit_torch(survival: torch.Tensor, max_len: torch.Tensor, table_x: torch.Tensor,
-                table_y: torch.Tensor) -> torch.Tensor:
-    """Tensor form of `admit_throughput` (same lengths): no loop over requests, no host sync.
-
-    Sort all (i, k) candidates by S descending (ties by k, then i), evaluate Theta at every prefix of that order
-    (tau from a cumulative sum), and keep the prefix before the first non-improving candidate (early stop).
-    Survival is made non-increasing along k (cummin), a no-op for a true survival. Math in float64.
-
-    Args:
-        survival: [R, gamma] float, S[i, k].
-        max_len: [R] int, drafts available per request (<= gamma).
-        table_x: [P] batch tokens of the cost table, strictly increasing.
-        table_y: [P] step seconds at table_x (CostTable.as_tensors()).
-    Returns:
-        lengths: [R] int64 on survival's device.
-    """
-    num_req, gamma = survival.shape
-    dev = survival.device
-    s = torch.cummin(survival.to(torch.float64), dim=1).values  # [R, gamma]
-    valid = torch.arange(gamma, device=dev)[None, :] < max_len.to(dev)[:, None]  # [R, gamma]
-    flat_s = torch.where(valid, s, -torch.inf).t().reshape(-1)  # [gamma*R], k-major so stable sort ties by (k, i)
-    order = torch.sort(flat_s, descending=True, stable=True).indices  # [N_all]
-    sorted_s = flat_s[order]
-    is_valid = torch.isfinite(sorted_s)  # invalid candidates sort last
-    tau = num_req + torch.cumsum(torch.where(is_valid, sorted_s, 0.0), dim=0)  # [N_all] tau after n+1 admissions
-    n_all = flat_s.numel()
-    batch = torch.arange(num_req, num_req + n_all + 1, device=dev)  # [N_all+1]
-    step_time = step_seconds_torch(batch, table_x, table_y)  # [N_all+1]
-    theta0 = (torch.full((1,), float(num_req), dtype=torch.float64, device=dev) / step_time[:1])
-    theta = torch.cat([theta0, tau / step_time[1:]])  # [N_all+1], theta[n] after n admissions
-    improves = (theta[1:] > theta[:-1]) & is_valid  # [N_all]
-    count = torch.cumprod(improves.to(torch.int64), dim=0).sum()  # leading run of improvements
-    admitted_sorted = torch.arange(n_all, device=dev) < count  # [N_all]
-    admitted = torch.zeros(n_all, dtype=torch.int64, device=dev).scatter(0, order, admitted_sorted.to(torch.int64))
-    return admitted.reshape(gamma, num_req).sum(dim=0)  # [R]
-
-
-def admit_stale(stale_confidence, available_len, table: CostTable, mode: str = "throughput",
-                sla_tokens_per_user: float | None = None) -> "Admission":
-    """Admission from confidences of an earlier step (asynchronous scheduling), clamped to today's drafts.
-
-    With async scheduling the host decides step t's lengths while step t-1 runs, so it only has confidences
-    from the draft of step t-2 (the paper's variant). The caller aligns rows to the current requests (and fills
-    rows of requests without history, e.g. with per-position averages). This stays lossless: the lengths only
-    say how many drafts to verify. Lengths are clamped to `available_len` (drafts the current round actually
-    has) and to the stale width.
-    """
-    source, shape = _as_confidence_source(stale_confidence)
-    if shape is None:
-        raise ValueError("admit_stale needs a confidence array with a .shape ([R, gamma_stale])")
-    available = _max_len_array(available_len, None)
-    return verify_lengths(source, np.minimum(available, shape[1]), table, mode, sla_tokens_per_user)
 
 
 def verify_lengths(confidence, max_len, table: CostTable, mode: str = "throughput",

@@ -146,7 +146,7 @@ class CostTable:
         return 1.0 / t
 
     def as_tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(table_x [P] float64, table_y [P] float64 step seconds) for `admit_torch` / kernels."""
+        """(table_x [P] float64, table_y [P] float64 step seconds) for tensor batch sizes (`step_time` on a tensor)."""
         x = torch.as_tensor(self.batch_tokens, dtype=torch.float64, device=device)
         y = torch.as_tensor(self.step_seconds, dtype=torch.float64, device=device)
         return x, y

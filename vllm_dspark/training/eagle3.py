@@ -38,8 +38,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from vllm_dspark.checkpoint import read_state_dict
-from vllm_dspark.config import DrafterMismatchError
-from vllm_dspark.decoding import GenerationResult, RoundRecord, accept_drafts
+from vllm_dspark.config import GREEDY_EPS, DrafterMismatchError
+from vllm_dspark.decoding import GenerationResult, RoundRecord, accept_drafts, choose_token
 from vllm_dspark.model import DraftBlock, logits_to_probs, target_features
 
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -288,7 +288,7 @@ class Eagle3Drafter(nn.Module):
             hidden = self.chain_step(token, hidden, t0 + j, ctx_k, ctx_v, t0, chain_k, chain_v, j == 0)
             l_j = self.logits(hidden)[:, 0].float()  # [1, V]
             p_j = logits_to_probs(l_j, temperature)
-            tok = l_j.argmax(-1) if temperature < 1e-5 else torch.multinomial(p_j, 1, generator=generator).squeeze(-1)
+            tok = l_j.argmax(-1) if temperature < GREEDY_EPS else torch.multinomial(p_j, 1, generator=generator).squeeze(-1)
             tokens.append(tok)
             probs.append(p_j)
             logits.append(l_j)
@@ -365,7 +365,7 @@ def eagle3_generate(
     out = target(torch.tensor([prompt_ids], device=device), past_key_values=cache, output_hidden_states=True)
     features = target_features(out.hidden_states, layer_ids)  # [1, n, 3H]
     tokens = list(prompt_ids)
-    anchor = _choose(out.logits[0, -1], temperature, generator)
+    anchor = choose_token(out.logits[0, -1], temperature, generator)
     result = GenerationResult([anchor])
     while len(result.output_token_ids) < max_new_tokens and anchor not in stop_token_ids:
         ids = torch.tensor([tokens + [anchor]], device=device)
@@ -393,9 +393,3 @@ def eagle3_generate(
         anchor = emitted
     del result.output_token_ids[max_new_tokens:]
     return result
-
-
-def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    if temperature < 1e-5:
-        return int(logits.argmax())
-    return int(torch.multinomial(logits_to_probs(logits, temperature), 1, generator=generator))
