@@ -303,32 +303,34 @@ def run_load(url: str, requests: list[SoakRequest], concurrency: int, max_model_
 # ------------------------------------------------------------------------------------------------ server side
 
 class RssSampler:
-    """RSS (MB) of a process and all its descendants (API server, engine core, workers), every `interval` s."""
+    """RSS (MB) of a process and each of its descendants every `interval` s, by role: "api_server" for the root,
+    else the process name (vLLM names its children VLLM::EngineCore, VLLM::Worker)."""
 
     def __init__(self, pid: int, interval: float = 2.0):
         self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (seconds since start, {role: MB})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def tree_rss_mb(self) -> float:
+    def rss_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
         try:
             root = psutil.Process(self.pid)
             procs = [root] + root.children(recursive=True)
         except psutil.NoSuchProcess:
-            return 0.0
-        total = 0
+            return out
         for p in procs:
             try:
-                total += p.memory_info().rss
+                role = "api_server" if p.pid == self.pid else p.name()
+                out[role] = out.get(role, 0.0) + p.memory_info().rss / 2**20
             except psutil.NoSuchProcess:
                 pass
-        return total / 2**20
+        return out
 
     def _run(self) -> None:
         t0 = time.monotonic()
         while not self._stop.is_set():
-            self.samples.append((time.monotonic() - t0, self.tree_rss_mb()))
+            self.samples.append((time.monotonic() - t0, self.rss_by_role()))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
@@ -338,15 +340,26 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append((self.samples[-1][0] + self.interval if self.samples else 0.0, self.tree_rss_mb()))
+        self.samples.append((self.samples[-1][0] + self.interval if self.samples else 0.0, self.rss_by_role()))
 
 
-def rss_summary(samples: list[tuple[float, float]]) -> dict:
-    mb = [m for _, m in samples]
+def _quarter_growth(mb: list[float]) -> tuple[float, float]:
     q = max(1, len(mb) // 4)
-    first, last = statistics.median(mb[:q]), statistics.median(mb[-q:])
+    return statistics.median(mb[:q]), statistics.median(mb[-q:])
+
+
+def rss_summary(samples: list[tuple[float, dict[str, float]]]) -> dict:
+    """Totals over the process tree (start, end, max, quarter medians, growth) and the growth of each role."""
+    mb = [sum(by_role.values()) for _, by_role in samples]
+    first, last = _quarter_growth(mb)
+    roles = sorted({r for _, by_role in samples for r in by_role})
+    growth_by_role = {}
+    for role in roles:
+        a, b = _quarter_growth([by_role.get(role, 0.0) for _, by_role in samples])
+        growth_by_role[role] = b - a
     return {"samples": len(mb), "start_mb": mb[0], "end_mb": mb[-1], "max_mb": max(mb),
-            "first_quarter_median_mb": first, "last_quarter_median_mb": last, "growth_mb": last - first}
+            "first_quarter_median_mb": first, "last_quarter_median_mb": last, "growth_mb": last - first,
+            "growth_by_role_mb": growth_by_role}
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -376,14 +389,14 @@ def settle_gauges(url: str, model: str, timeout_s: float = 30.0) -> dict[str, fl
 
 
 def server_args(target: Path, opts: MixOptions, max_num_seqs: int, num_blocks: int, block_size: int,
-                seed: int, drafter: Path | None, gamma: int) -> list[str]:
+                seed: int, drafter: Path | None, gamma: int, mode: str = "confidence") -> list[str]:
     args = ["--model", str(target), "--dtype", "float32", "-O0", "--seed", str(seed),
             "--max-model-len", str(opts.max_model_len), "--max-num-seqs", str(max_num_seqs),
             "--block-size", str(block_size), "--num-gpu-blocks-override", str(num_blocks),
             "--no-enable-prefix-caching"]
     if drafter is not None:
         spec = {"method": "dflash", "model": str(drafter), "num_speculative_tokens": gamma,
-                "draft_sample_method": "probabilistic", "dspark": {"mode": "confidence"}}
+                "draft_sample_method": "probabilistic", "dspark": {"mode": mode}}
         args += ["--speculative-config", json.dumps(spec)]
     return args
 
@@ -458,7 +471,8 @@ def server_checks(name: str, before: dict, after: dict, gauges: dict, rss: dict,
               rss["growth_mb"] < rss_growth_mb,
               f"{rss['first_quarter_median_mb']:.0f} -> {rss['last_quarter_median_mb']:.0f} MB "
               f"({rss['growth_mb']:+.0f}); start {rss['start_mb']:.0f}, end {rss['end_mb']:.0f}, "
-              f"max {rss['max_mb']:.0f} MB, {rss['samples']} samples"),
+              f"max {rss['max_mb']:.0f} MB, {rss['samples']} samples; growth by process: "
+              + ", ".join(f"{r} {g:+.0f}" for r, g in rss["growth_by_role_mb"].items())),
         Check("no leaked requests (running, waiting, KV cache usage back to 0)", name,
               all(v == 0 for v in gauges.values()), ", ".join(f"{k.split(':')[1]} {v:g}" for k, v in gauges.items())),
     ]
@@ -476,6 +490,7 @@ class SoakOptions:
     num_blocks: int = 48
     warmup_requests: int = 32
     gamma: int = 4
+    dspark_mode: str = "confidence"
     seed: int = 0
     rss_growth_mb: float = 100.0
     rss_interval_s: float = 2.0
@@ -486,6 +501,7 @@ class SoakOptions:
 def run_soak(opts: SoakOptions) -> dict:
     """Start both servers, send the request list to each in turn, run the checks; returns the results document."""
     started = time.monotonic()
+    opts.work_dir = opts.work_dir.resolve()  # the servers get absolute paths (drafter, logs)
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     drafter = opts.drafter or build_drafter(opts.target, opts.work_dir / "drafter", block_size=opts.gamma,
                                             seed=opts.seed)
@@ -495,7 +511,7 @@ def run_soak(opts: SoakOptions) -> dict:
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
     servers = {
         name: ServerProcess(server_args(opts.target, opts.mix, opts.max_num_seqs, opts.num_blocks, opts.block_size,
-                                        opts.seed, d, opts.gamma),
+                                        opts.seed, d, opts.gamma, opts.dspark_mode),
                             log_path=opts.work_dir / f"{name}.log", env=env)
         for name, d in (("nospec", None), ("dspark", drafter))
     }
@@ -536,13 +552,19 @@ def run_soak(opts: SoakOptions) -> dict:
         for s in servers.values():
             s.stop()
     doc["requests"] = request_mix(requests, opts.mix.max_model_len)
-    doc["outcomes"] = {name: [{**asdict(o), "token_ids": None, "output_tokens": [len(t) for t in o.token_ids]}
-                              for o in outs] for name, outs in outcomes.items()}
+    doc["outcomes"] = {name: [{**asdict(o), "token_ids": None, "output_tokens": [len(t) for t in o.token_ids],
+                               **request_row(r)} for r, o in zip(requests, outs)] for name, outs in outcomes.items()}
     doc["checks"] = [asdict(c) | {"verdict": c.verdict} for c in checks]
     doc["passed"] = all(c.passed is not False for c in checks)
     doc["duration_s"] = time.monotonic() - started
     doc["finished_utc"] = utc_now()
     return doc
+
+
+def request_row(r: SoakRequest) -> dict:
+    return {"kind": r.kind, "n": r.n, "stream": r.stream, "abort_after_chunks": r.abort_after_chunks,
+            "near_limit": r.near_limit, "prompt_tokens": len(r.prompt_token_ids), "max_tokens": r.max_tokens,
+            "repeat_of": r.repeat_of}
 
 
 def request_mix(requests: list[SoakRequest], max_model_len: int) -> dict:
@@ -595,6 +617,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path]:
     p.add_argument("--num-blocks", type=int, default=48,
                    help="KV cache blocks (--num-gpu-blocks-override): small enough to force preemption")
     p.add_argument("--gamma", type=int, default=4, help="num_speculative_tokens (and the built drafter's block)")
+    p.add_argument("--dspark-mode", choices=("static", "confidence"), default="confidence",
+                   help="the DSpark server's dspark.mode")
     p.add_argument("--rss-growth-mb", type=float, default=100.0, help="RSS check threshold")
     p.add_argument("--seed", type=int, default=0, help="request mix, server seed, built drafter")
     p.add_argument("--out", type=Path, default=Path("runs/soak/soak.json"), help="results JSON (logs beside it)")
@@ -605,7 +629,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path]:
                      max_tokens=a.max_tokens, seed=a.seed)
     return SoakOptions(target=a.target, drafter=a.drafter, concurrency=a.concurrency, max_num_seqs=a.max_num_seqs,
                        block_size=a.block_size, num_blocks=a.num_blocks, warmup_requests=a.warmup_requests,
-                       gamma=a.gamma, seed=a.seed,
+                       gamma=a.gamma, dspark_mode=a.dspark_mode, seed=a.seed,
                        rss_growth_mb=a.rss_growth_mb, work_dir=a.out.parent, mix=mix), a.out
 
 

@@ -81,8 +81,9 @@ def test_checks_fail_on_an_error_and_on_differing_greedy_ids():
 
 
 def test_rss_and_leak_checks():
-    flat = [(2.0 * i, 1000.0 + (i % 3)) for i in range(40)]
-    growing = [(2.0 * i, 1000.0 + 10 * i) for i in range(40)]
+    flat = [(2.0 * i, {"api_server": 600.0 + (i % 3), "VLLM::EngineCore": 400.0}) for i in range(40)]
+    growing = [(2.0 * i, {"api_server": 600.0, "VLLM::EngineCore": 400.0 + 10 * i}) for i in range(40)]
+    assert soak.rss_summary(growing)["growth_by_role_mb"] == {"VLLM::EngineCore": 300.0, "api_server": 0.0}
     zero = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0, "vllm:kv_cache_usage_perc": 0.0}
     before, after = {"vllm:num_preemptions_total": 2.0}, {"vllm:num_preemptions_total": 9.0}
     by_name = {c.name.split(" (")[0]: c for c in
