@@ -139,8 +139,3 @@ def drafter_pair(tiny_target):
         return target, drafter.eval(), sd, cfg_dict
 
     return make
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test (minutes)")
-    config.addinivalue_line("markers", "e2e: starts real vLLM servers")

@@ -1,8 +1,8 @@
 """benchmarks/serving/soak.py: its checks on hand-made outcomes, and a small soak run against real servers.
 
-The small run (64 requests + 8 warm-up on each server, KV cache of 10 blocks of 32 tokens) must pass every check
-the full soak has: no request errors, preemption seen, greedy ids identical to no speculation, RSS stable, no leaked
-requests, both servers alive.
+The small run (pycode-23m, the script's own drafter, 64 requests + 8 warm-up on each server, KV cache of 10 blocks
+of 32 tokens) must pass every check the full soak has: no request errors, preemption seen, greedy ids identical to
+no speculation, RSS stable, no leaked requests, both servers alive.
 """
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ def test_rss_and_leak_checks():
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_small_soak_passes_every_check(e2e_target, e2e_drafter, tmp_path):
+def test_small_soak_passes_every_check(pycode_dir, tmp_path):
     opts = soak.SoakOptions(
-        target=e2e_target, drafter=e2e_drafter, concurrency=8, max_num_seqs=8, block_size=32, num_blocks=10,
+        target=pycode_dir, drafter=None, concurrency=8, max_num_seqs=8, block_size=32, num_blocks=10,
         warmup_requests=8, work_dir=tmp_path,
         mix=soak.MixOptions(num_requests=64, max_model_len=160, min_tokens=16, max_tokens=28, seed=0))
     doc = soak.run_soak(opts)
