@@ -139,7 +139,7 @@ def test_runner_trim_target_shape(applied):
 
     from vllm_dspark.adapter.patches import patch_runner_trim as trim
 
-    for name in trim.METHODS:
+    for name in trim._originals:
         assert getattr(GPUModelRunner, name).__dspark_wrapped__
         assert name not in CPUModelRunner.__dict__  # the CPU runner inherits the wrapped methods
     assert "_update_states" not in CPUModelRunner.__dict__
@@ -173,7 +173,7 @@ def test_scheduler_unverified_target_shape(applied):
 
     from vllm_dspark.adapter.patches import patch_scheduler_unverified as unverified
 
-    for name in unverified.METHODS:
+    for name in unverified._originals:
         assert getattr(Scheduler, name).__dspark_wrapped__
         assert name not in AsyncScheduler.__dict__
     assert params(unverified._originals["update_from_output"]) == ["self", "scheduler_output", "model_runner_output"]

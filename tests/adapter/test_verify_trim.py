@@ -115,12 +115,7 @@ def _fake_runner_module():
 
 def test_wrapped_runner_trims_before_the_target_and_reports_the_tail():
     module = _fake_runner_module()
-    saved = dict(trim._originals)
-    try:
-        trim._patch(module)
-    finally:
-        trim._originals.clear()
-        trim._originals.update(saved)
+    trim.wrap_methods(module.GPUModelRunner, dict.fromkeys(trim._originals), trim._wrappers)
     runner = module.GPUModelRunner()
     runner.drafter = _Drafter({"a": 1, "b": 4})
     runner.requests = {r: types.SimpleNamespace(prev_num_draft_len=0) for r in ("a", "b", "c", "d")}

@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vllm.v1.spec_decode.dflash import DFlashProposer
-
-from dataclasses import dataclass
 
 from vllm_dspark.adapter import compat, spec_config
 from vllm_dspark.adapter.policy import VerifyLengthPolicy

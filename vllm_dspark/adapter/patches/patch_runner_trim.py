@@ -23,12 +23,12 @@ import functools
 from types import ModuleType
 
 from vllm_dspark.adapter.patches._import_hook import when_imported
+from vllm_dspark.adapter.patches._wrap import wrap_methods
 
 MODULE = "vllm.v1.worker.gpu_model_runner"
 CLASS = "GPUModelRunner"
-METHODS = ("execute_model", "sample_tokens")
 UNVERIFIED_ATTR = "dspark_unverified_drafts"  # {req_id: scheduled drafts the target did not verify}
-_originals: dict[str, object] = {}
+_originals: dict[str, object] = dict.fromkeys(("execute_model", "sample_tokens"))  # filled when patched
 
 
 def trim_scheduled_drafts(scheduler_output, lengths: dict[str, int]):
@@ -109,14 +109,7 @@ def _trimming_drafter(runner):
     return None
 
 
-def _patch(module: ModuleType) -> None:
-    cls = getattr(module, CLASS)
-    execute_model, sample_tokens = (cls.__dict__[m] for m in METHODS)
-    if getattr(execute_model, "__dspark_wrapped__", False):
-        return
-    _originals.update(execute_model=execute_model, sample_tokens=sample_tokens)
-
-    @functools.wraps(execute_model)
+def _wrappers(execute_model, sample_tokens) -> dict:
     def wrapped_execute_model(self, scheduler_output, *args, **kwargs):
         self._dspark_trim = None
         drafter = _trimming_drafter(self)
@@ -134,7 +127,6 @@ def _patch(module: ModuleType) -> None:
             self._dspark_trim = (scheduler_output.scheduled_spec_decode_tokens, scheduled, cut)
         return out
 
-    @functools.wraps(sample_tokens)
     def wrapped_sample_tokens(self, grammar_output, *args, **kwargs):
         trim, self._dspark_trim = getattr(self, "_dspark_trim", None), None
         if trim is None:
@@ -143,10 +135,11 @@ def _patch(module: ModuleType) -> None:
         grammar_output = trim_grammar_output(grammar_output, spec, scheduled)
         return attach_unverified(sample_tokens(self, grammar_output, *args, **kwargs), cut)
 
-    for fn in (wrapped_execute_model, wrapped_sample_tokens):
-        fn.__dspark_wrapped__ = True
-    cls.execute_model = wrapped_execute_model
-    cls.sample_tokens = wrapped_sample_tokens
+    return {"execute_model": wrapped_execute_model, "sample_tokens": wrapped_sample_tokens}
+
+
+def _patch(module: ModuleType) -> None:
+    wrap_methods(getattr(module, CLASS), _originals, _wrappers)
 
 
 def apply() -> None:

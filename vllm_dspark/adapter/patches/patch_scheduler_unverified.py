@@ -10,16 +10,15 @@ is wrapped so a request cut to 0 drafts is no draft round (as if no drafts had b
 """
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 
 from vllm_dspark.adapter.patches._import_hook import when_imported
+from vllm_dspark.adapter.patches._wrap import wrap_methods
 from vllm_dspark.adapter.patches.patch_runner_trim import UNVERIFIED_ATTR
 
 MODULE = "vllm.v1.core.sched.scheduler"
 CLASS = "Scheduler"
-METHODS = ("update_from_output", "make_spec_decoding_stats")
-_originals: dict[str, object] = {}
+_originals: dict[str, object] = dict.fromkeys(("update_from_output", "make_spec_decoding_stats"))  # when patched
 
 
 def merge_unverified(invalid: dict[str, int] | None, cut: dict[str, int]) -> dict[str, int]:
@@ -30,14 +29,7 @@ def merge_unverified(invalid: dict[str, int] | None, cut: dict[str, int]) -> dic
     return merged
 
 
-def _patch(module: ModuleType) -> None:
-    cls = getattr(module, CLASS)
-    update_from_output, make_stats = (cls.__dict__[m] for m in METHODS)
-    if getattr(update_from_output, "__dspark_wrapped__", False):
-        return
-    _originals.update(update_from_output=update_from_output, make_spec_decoding_stats=make_stats)
-
-    @functools.wraps(update_from_output)
+def _wrappers(update_from_output, make_spec_decoding_stats) -> dict:
     def wrapped_update_from_output(self, scheduler_output, model_runner_output, *args, **kwargs):
         cut = getattr(model_runner_output, UNVERIFIED_ATTR, None)
         if not cut:
@@ -49,19 +41,20 @@ def _patch(module: ModuleType) -> None:
         finally:
             self._dspark_cut = None
 
-    @functools.wraps(make_stats)
     def wrapped_make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
                                          num_invalid_spec_tokens, request_id):
         cut = getattr(self, "_dspark_cut", None)
         if cut and request_id in cut and cut[request_id] >= num_draft_tokens:
             return spec_decoding_stats  # nothing verified: not a draft round
-        return make_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
-                          num_invalid_spec_tokens, request_id)
+        return make_spec_decoding_stats(self, spec_decoding_stats, num_draft_tokens, num_accepted_tokens,
+                                        num_invalid_spec_tokens, request_id)
 
-    for fn in (wrapped_update_from_output, wrapped_make_spec_decoding_stats):
-        fn.__dspark_wrapped__ = True
-    cls.update_from_output = wrapped_update_from_output
-    cls.make_spec_decoding_stats = wrapped_make_spec_decoding_stats
+    return {"update_from_output": wrapped_update_from_output,
+            "make_spec_decoding_stats": wrapped_make_spec_decoding_stats}
+
+
+def _patch(module: ModuleType) -> None:
+    wrap_methods(getattr(module, CLASS), _originals, _wrappers)
 
 
 def apply() -> None:
