@@ -8,7 +8,7 @@
 # 2. `vllm-dspark schedule`: γ for 1..16 running requests from that table and the drafter's measured T = 0
 #    acceptance per position (EVAL, from the training recipe's `vllm-dspark eval`);
 # 3. the throughput-vs-SLA bench (same settings as campaign_cpu.sh): nospec, dspark-static-g2, dspark-static-g7,
-#    dspark-dynamic (static mode + the schedule, async scheduling on), dspark-confidence (sync scheduling).
+#    dspark-dynamic (static mode + the schedule), dspark-confidence (per-request lengths).
 # Overridable: TARGET, DRAFTER, EVAL, OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA, GAMMA, PYTHON.
 # Outputs (git-ignored): $OUT/{cost_table,schedule,results}.json, $OUT/summary.md, plots.
 set -euo pipefail

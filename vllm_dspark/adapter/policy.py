@@ -1,11 +1,11 @@
 """Per-request verification lengths for the next step, from calibrated confidences and the current batch load.
 
-The proposer calls `VerifyLengthPolicy.lengths` once per engine step, after drafting, with the calibrated
-confidences c[i, k] of the requests in the batch; the lengths go back to vLLM's scheduler as the draft lists.
-Decisions are the scheduling module's (`verify_lengths`: static / throughput = "confidence" / sla); this class
-adds the engine-side state: the cost table and its online refit from observed step times, and counters for
-logging. Decisions are synchronous (async scheduling is off for non-static modes), so the early-stop greedy of
-Algorithm 1 reads confidences of the current drafts, never stale ones.
+The proposer calls `VerifyLengthPolicy.lengths` once per engine step, before the target verifies the last
+round's drafts, with the calibrated confidences c[i, k] of the requests scheduled with drafts; the runner patch
+trims each request's drafts to its length. Decisions are the scheduling module's (`verify_lengths`: static /
+throughput = "confidence" / sla); this class adds the engine-side state: the cost table and its online refit
+from observed step times, and counters for logging. Under async scheduling too, the confidences are those of
+the drafts being verified (they are drafted one step before), never stale ones.
 
 Step-time observations: the proposer reports (tokens the target processed this step, seconds since the previous
 step's report). Gaps (an idle engine) would poison the table, so an observation is kept only when its ratio to the

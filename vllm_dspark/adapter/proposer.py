@@ -10,10 +10,11 @@ bookkeeping, is inherited):
   request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks), and the
   draft distribution of every slot handed to vLLM's rejection sampler when `draft_sample_method` is
   "probabilistic", so sampling at T > 0 stays lossless.
-- Verification lengths. The confidence head scores each slot; calibrated with the drafter's STS temperatures,
-  the confidences go to `VerifyLengthPolicy` and each request's draft list is cut to its verification length
-  (a prefix) before it reaches the scheduler. This needs synchronous scheduling (lists, not tensors); in mode
-  "static" the full [R, γ] tensor is returned and async scheduling works.
+- Verification lengths. The confidence head scores each slot. Every mode returns the full [R, γ] draft tensor
+  (so async scheduling works); in modes "confidence" / "sla" the calibrated confidences (STS temperatures) are
+  copied to the host without blocking and kept for the next step, where the runner patch
+  (patches/patch_runner_trim) asks `verify_lengths` for this step's lengths (`VerifyLengthPolicy`, once per
+  step for the batch) and trims each request's scheduled drafts to that prefix before the target runs.
 The symbol `DFlashProposer` of vLLM's V1 runner module is replaced by this class (patches/patch_dflash_proposer),
 so a non-DSpark DFlash drafter must behave exactly like the parent: every override checks `self.is_dspark`.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +41,16 @@ logger = compat.get_logger(__name__)
 DUMP_ENV = "VLLM_DSPARK_DEBUG_DUMP"  # path of a JSONL file: one record per request per draft round (tests)
 
 
+@dataclass
+class PendingConfidences:
+    """Calibrated confidences of the last draft round, for the step that verifies those drafts."""
+
+    req_ids: list[str]  # row i <-> request req_ids[i] (the runner's batch order when drafting)
+    conf: torch.Tensor  # [R, γ] float32 on the host (pinned on GPU; read after `event`)
+    event: object | None  # torch.cuda.Event of the host copy; None on CPU
+    dump: list[dict] | None  # debug-dump records of the round, written once the lengths are known
+
+
 class DSparkProposer(DFlashProposer):
     def __init__(self, vllm_config, device: torch.device, runner=None):
         super().__init__(vllm_config, device, runner=runner)
@@ -50,11 +62,6 @@ class DSparkProposer(DFlashProposer):
         serving = spec_config.read_attached(hf)
         if serving is None:  # config built without our EngineArgs patch (e.g. a hand-made VllmConfig)
             serving = spec_config.resolve(None, drafter, self.num_speculative_tokens, vllm_config.model_config.hf_config)
-        if serving.needs_sync_scheduling and vllm_config.scheduler_config.async_scheduling:
-            raise RuntimeError(
-                f"vllm-dspark mode {serving.mode!r} needs async scheduling off (per-request draft lengths); "
-                "restart with --no-async-scheduling or use dspark.mode 'static'"
-            )
         self.serving = serving
         self.drafter_config = drafter
         self.sts_temperatures = drafter.sts_temperatures
@@ -73,6 +80,9 @@ class DSparkProposer(DFlashProposer):
         self._anchor_pos: torch.Tensor | None = None  # [R] their positions
         self._conf_logits: torch.Tensor | None = None  # [R, γ] raw confidence logits of the last draft
         self._request_temps: torch.Tensor | None = None  # [R] request temperatures of the last draft (dump)
+        self._pending: PendingConfidences | None = None  # confidences of the drafts the next step verifies
+        self._conf_host: torch.Tensor | None = None  # pinned host buffer for them (GPU)
+        self._conf_event = None
         self._last_step_t: float | None = None
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
@@ -228,24 +238,60 @@ class DSparkProposer(DFlashProposer):
             return super().propose(num_speculative_tokens, *args, **kwargs)
         self._observe_step(kwargs.get("common_attn_metadata"))
         self._conf_logits = self._request_temps = None
+        self._pending = None  # confidences of older drafts must never trim these
         drafts = super().propose(num_speculative_tokens, *args, **kwargs)  # [R, γ]
-        if self.serving.mode == "static" or self._conf_logits is None or drafts.shape[1] == 0:
-            if self._dump_path and drafts.shape[1] > 0:
-                self._dump(drafts, None)
+        if drafts.shape[1] == 0:
             return drafts
-        if self.policy.table is None:
+        records = self._dump_records(drafts) if self._dump_path else None
+        if self.serving.mode == "static" or self._conf_logits is None:
+            if records:
+                self._write_dump(records, {})
+            return drafts
+        self._pending = self._stash_confidences(drafts.shape[0], records)
+        return drafts
+
+    def _stash_confidences(self, num_req: int, records: list[dict] | None) -> PendingConfidences:
+        """Calibrated confidences [R, γ] to the host without blocking (pinned buffer + event on GPU)."""
+        conf = calibrated_confidence(self._conf_logits[:num_req].float(), self.sts_temperatures)
+        req_ids = list(self._runner.input_batch.req_ids[:num_req])
+        if self.device.type != "cuda":
+            return PendingConfidences(req_ids, conf, None, records)
+        if self._conf_host is None:
+            self._conf_host = torch.empty(self.max_batch_size * self._max_gamma, dtype=torch.float32,
+                                          pin_memory=True)
+            self._conf_event = torch.cuda.Event()
+        host = self._conf_host[: conf.numel()].view(conf.shape)
+        host.copy_(conf, non_blocking=True)
+        self._conf_event.record()
+        return PendingConfidences(req_ids, host, self._conf_event, records)
+
+    def verify_lengths(self, scheduled_spec_tokens: dict[str, list[int]]) -> dict[str, int]:
+        """This step's verification length per request whose scheduled drafts come from the last round.
+
+        Called by the runner patch before the target runs (modes confidence / sla). `scheduled_spec_tokens`:
+        the scheduler's drafts per request (their count bounds the length). Requests drafted in an older round
+        (or without confidences) are left out: all their scheduled drafts are verified.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return {}
+        if pending.event is not None:
+            pending.event.synchronize()
+        row_of = {req_id: i for i, req_id in enumerate(pending.req_ids)}
+        req_ids = [r for r, toks in scheduled_spec_tokens.items() if toks and r in row_of]
+        lengths: dict[str, int] = {}
+        if req_ids and self.policy.table is None:
             if not self._warned_no_table:
                 logger.warning("vllm-dspark: no cost table (warm-up hook did not run); verifying all drafts")
                 self._warned_no_table = True
-            return drafts
-        conf = calibrated_confidence(self._conf_logits.float(), self.sts_temperatures)  # [R, γ]
-        lengths = self.policy.lengths(conf.cpu().numpy())
-        rows = drafts.cpu().tolist()
-        out = [row[: int(n)] for row, n in zip(rows, lengths)]
-        if self._dump_path:
-            self._dump(drafts, lengths)
-        self._maybe_log_stats()
-        return out
+        elif req_ids:
+            conf = pending.conf[[row_of[r] for r in req_ids]].numpy()
+            max_len = np.array([len(scheduled_spec_tokens[r]) for r in req_ids], dtype=np.int64)
+            lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
+            self._maybe_log_stats()
+        if pending.dump:
+            self._write_dump(pending.dump, lengths)
+        return lengths
 
     def _maybe_log_stats(self, every_s: float = 60.0) -> None:
         now = time.monotonic()
@@ -269,7 +315,7 @@ class DSparkProposer(DFlashProposer):
             return
         self.policy.observe_step(int(cad.num_actual_tokens), now - last)
 
-    def _dump(self, drafts: torch.Tensor, lengths: np.ndarray | None) -> None:
+    def _dump_records(self, drafts: torch.Tensor) -> list[dict]:
         runner = self._runner
         req_ids = list(runner.input_batch.req_ids)[: drafts.shape[0]]
         conf = None if self._conf_logits is None else self._conf_logits.float().cpu().tolist()
@@ -278,18 +324,24 @@ class DSparkProposer(DFlashProposer):
         positions = self._anchor_pos[: drafts.shape[0]].tolist()
         table = self.policy.table
         table_ms = None if table is None else [round(t * 1e3, 4) for t in table.step_seconds.tolist()]
+        records = []
+        for i, req_id in enumerate(req_ids):
+            state = runner.requests.get(req_id)
+            records.append({
+                "req_id": req_id,
+                "prompt_token_ids": list(state.prompt_token_ids) if state is not None else None,
+                "anchor_pos": int(positions[i]),
+                "anchor": int(anchors[i]),
+                "drafts": drafts[i].tolist(),
+                "conf_logits": None if conf is None else conf[i],
+                "mode": self.serving.mode,
+                "temperature": float(temps[i]),
+                "table_ms": table_ms if i == 0 else None,
+            })
+        return records
+
+    def _write_dump(self, records: list[dict], lengths: dict[str, int]) -> None:
+        """`length`: drafts the target verified in the next step (None: not trimmed by the policy)."""
         with open(self._dump_path, "a", encoding="utf-8") as f:
-            for i, req_id in enumerate(req_ids):
-                state = runner.requests.get(req_id)
-                f.write(json.dumps({
-                    "req_id": req_id,
-                    "prompt_token_ids": list(state.prompt_token_ids) if state is not None else None,
-                    "anchor_pos": int(positions[i]),
-                    "anchor": int(anchors[i]),
-                    "drafts": drafts[i].tolist(),
-                    "conf_logits": None if conf is None else conf[i],
-                    "length": None if lengths is None else int(lengths[i]),
-                    "mode": self.serving.mode,
-                    "temperature": float(temps[i]),
-                    "table_ms": table_ms if i == 0 else None,
-                }) + "\n")
+            for rec in records:
+                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"])}) + "\n")

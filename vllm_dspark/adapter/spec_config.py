@@ -87,11 +87,6 @@ class ResolvedServing(DSparkServingConfig):
     has_confidence_head: bool
 
     @property
-    def needs_sync_scheduling(self) -> bool:
-        # Per-request draft lengths are returned as lists, which V1 accepts only with async scheduling off.
-        return self.mode != "static"
-
-    @property
     def needs_cost_table(self) -> bool:
         return self.mode != "static" or self.save_cost_table is not None
 

@@ -1,8 +1,8 @@
 """One verification length per batch size: the hardware-aware schedule for vLLM's dynamic speculative decoding.
 
-Per-request lengths (modes `confidence` / `sla`) need synchronous scheduling in vLLM's V1 runner. vLLM's own
-dynamic speculative decoding (`num_speculative_tokens_per_batch_size` in `--speculative-config`) instead sets
-one γ per step from the number of running requests and keeps async scheduling. This fills that schedule with
+Modes `confidence` / `sla` pick a length per request from live confidences. vLLM's own dynamic speculative
+decoding (`num_speculative_tokens_per_batch_size` in `--speculative-config`) instead sets one γ per step from the
+number of running requests, with mode `static` (no per-request work in the runner). This fills that schedule with
 the paper's objective, using the drafter's measured acceptance in place of live confidences: for R requests,
 
     K*(R) = argmax_{0 <= K <= γ}  R · (1 + sum_{k<K} a_k) / step_time(R · (1 + K))

@@ -7,8 +7,9 @@ keys, so the `dspark` object has to leave the dict before. The wrapper (original
 3. `spec_config.resolve`: drafter vs target, γ vs block_size, mode vs confidence head; the resolved settings
    are attached to the draft HF config, which vLLM ships to every engine process, together with the target
    layers in the key vLLM's runner reads (`eagle_aux_hidden_state_layer_ids`, see `pin_target_layers`);
-4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it) and,
-   for per-request lengths, async scheduling off (set when unset; an explicit `--async-scheduling` is refused).
+4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it).
+   Async scheduling stays the user's / vLLM's choice in every mode: per-request lengths are applied on the
+   worker (patch_runner_trim), on the vLLM releases whose runner that patch was checked against.
 Runs in the process that builds the engine config (API server, or the offline `LLM`).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 import os
 from types import ModuleType
 
-from vllm_dspark.adapter import compat, spec_config
+from vllm_dspark.adapter import compat, patches, spec_config
 from vllm_dspark.adapter.patches._import_hook import when_imported
 
 logger = compat.get_logger(__name__)
@@ -51,17 +52,12 @@ def _finish(engine_args, spec, settings) -> None:
             f"vllm-dspark runs on vLLM's V1 model runner, but {V2_ENV}=1 is set; unset it or set it to 0"
         )
     os.environ[V2_ENV] = "0"
-    if resolved.needs_sync_scheduling:
-        if engine_args.async_scheduling:
-            raise spec_config.DSparkConfigError(
-                f"--async-scheduling is on, but dspark.mode {resolved.mode!r} sets per-request verification "
-                "lengths, which vLLM's V1 runner accepts only with synchronous scheduling; drop "
-                "--async-scheduling (or pass --no-async-scheduling) or use dspark.mode 'static'"
-            )
-        if engine_args.async_scheduling is None:
-            engine_args.async_scheduling = False
-            logger.info("vllm-dspark: async scheduling off (dspark.mode %r needs per-request draft lengths)",
-                        resolved.mode)
+    if resolved.mode != "static" and not patches.supports_verify_lengths():
+        raise spec_config.DSparkConfigError(
+            f"--speculative-config: '{spec_config.KEY}.mode' = {resolved.mode!r} trims drafts per request in vLLM's "
+            f"model runner, which vllm-dspark does only on the vLLM releases it was run with (0.32.x); installed "
+            f"vLLM is {compat.vllm_version()}: use '{spec_config.KEY}.mode' = 'static'"
+        )
     logger.info("vllm-dspark: DSpark drafter %s, γ=%d, mode=%s", spec.draft_model_config.model,
                 resolved.num_speculative_tokens, resolved.mode)
 
