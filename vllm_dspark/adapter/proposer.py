@@ -7,7 +7,8 @@ bookkeeping, is inherited):
   deepspec-format.md §5), so the parent's input kernel runs with γ−1 masks and all γ slots are sampled.
 - Token choice. Instead of an independent argmax per slot, the sequential head walks the block left to right
   (`vllm_dspark.kernels.markov_step.markov_block`): corrected logits U_k + bias(prev), greedy or sampled with the
-  request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks), and the
+  request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks; a seeded
+  request's key is `draft_key(seed)`, never the seed vLLM's own generator for that request uses), and the
   draft distribution of every slot handed to vLLM's rejection sampler when `draft_sample_method` is
   "probabilistic", so sampling at T > 0 stays lossless.
 - Verification lengths. The confidence head scores each slot; calibrated with the drafter's STS temperatures,
@@ -80,9 +81,9 @@ class DSparkProposer(DFlashProposer):
         self._dump_path = os.environ.get(DUMP_ENV) or None
         self._round: DraftRound | None = None
         self._counters = self._shared_counters(vllm_config)
-        self.policy.on_decision = self._publish_counters
+        self.policy.on_decision = lambda _stats: self._publish_counters()
         name, why = block_backend(device)
-        logger.info("vllm-dspark: sequential-head kernels: %s (%s)", name, why)
+        logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
 
     # ------------------------------------------------------------------ engine start
     def on_engine_warm(self, runner) -> None:
@@ -122,7 +123,7 @@ class DSparkProposer(DFlashProposer):
         engine = int(getattr(vllm_config.parallel_config, "data_parallel_rank", 0) or 0)
         return SharedCounters.create(path_for(getattr(vllm_config, "instance_id", ""), engine))
 
-    def _publish_counters(self, *_) -> None:
+    def _publish_counters(self) -> None:
         if self._counters is None:
             return
         stats, rnd = self.policy.stats, self._round
