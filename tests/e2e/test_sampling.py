@@ -137,6 +137,12 @@ def test_seeded_request_repeats(servers, e2e_prompts):
 BATCH_SEEDS = (4321, 8765, 2468)  # one seeded request per prompt, each alone twice and then all together
 
 
+def _own_prompts(prompts: list[str]) -> list[str]:
+    """One prompt per BATCH_SEEDS request, distinct from each other and from every other request's prompt (the
+    dump is matched by prompt ids; test prompt sets may repeat)."""
+    return [f"# request {k}\n{p[-250:]}" for k, p in enumerate(prompts[: len(BATCH_SEEDS)])]
+
+
 def _alone_and_in_a_batch(server, prompts: list[str], others: list[str]):
     """Request k (prompts[k], BATCH_SEEDS[k]) alone, again alone, then all of them at once among len(others)
     requests at T = 1, half of them seeded, started first so ours join a running batch.
@@ -158,7 +164,7 @@ def test_seeded_output_does_not_depend_on_the_batch_static(servers, e2e_prompts)
     among other seeded and unseeded requests. (Modes confidence / sla verify fewer drafts under load, so there the
     request's generator is consumed differently and the output is another sample of the same distribution: the
     next test checks the drafts themselves.)"""
-    _, out = _alone_and_in_a_batch(servers.get("static"), [p[-250:] for p in e2e_prompts[:3]], e2e_prompts[3:15])
+    _, out = _alone_and_in_a_batch(servers.get("static"), _own_prompts(e2e_prompts), e2e_prompts[3:15])
     assert out["again"] == out["alone"], "a seeded request did not repeat alone"
     assert out["batch"] == out["alone"], "a seeded request's tokens changed with the rest of the batch"
 
@@ -170,7 +176,7 @@ def test_seeded_drafts_do_not_depend_on_the_batch(servers, e2e_prompts):
     generated the same tokens up to the anchor (always the first round; every round of the two runs alone)."""
     server = servers.get("confidence")
     start = servers.dump.stat().st_size if servers.dump.exists() else 0
-    prompt_ids, out = _alone_and_in_a_batch(server, [p[-250:] for p in e2e_prompts[:3]], e2e_prompts[3:15])
+    prompt_ids, out = _alone_and_in_a_batch(server, _own_prompts(e2e_prompts), e2e_prompts[3:15])
     assert out["again"] == out["alone"], "a seeded request did not repeat alone"
     with open(servers.dump, encoding="utf-8") as f:
         f.seek(start)
