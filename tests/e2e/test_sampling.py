@@ -101,9 +101,8 @@ def test_t1_seeded_requests_match_plain(servers, e2e_prompts):
     a generator seeded with the same seed. The test fails when the draft noise is not independent of what decides
     acceptance: e.g. every seeded request drawing the same draft noise (a key that ignores the seed, or one shared
     key) makes every request draft the same tokens from the same context, and the outputs lean towards those
-    drafts (checked: with a constant draft key, positions 2-4 give p < 1e-6 at this size); a draft keyed so that
-    its uniforms are the acceptance test's own (key = seed with torch's CUDA Philox generator) is the same kind of
-    dependence.
+    drafts; a draft keyed so that its uniforms are the acceptance test's own (key = seed with torch's CUDA Philox
+    generator) is the same kind of dependence.
     """
     prompt = e2e_prompts[0][-200:]
     plain = plain_samples(servers, prompt)
