@@ -98,11 +98,13 @@ def test_t1_seeded_requests_match_plain(servers, e2e_prompts):
     server's unseeded samples (a seed picks one sample; over many seeds they follow the plain distribution).
 
     Seeded requests take the draft noise from their seed (draft_key), vLLM's acceptance and recovery draws from
-    a generator seeded with the same seed. The test fails when the draft noise is not independent of what decides
-    acceptance: e.g. every seeded request drawing the same draft noise (a key that ignores the seed, or one shared
-    key) makes every request draft the same tokens from the same context, and the outputs lean towards those
-    drafts; a draft keyed so that its uniforms are the acceptance test's own (key = seed with torch's CUDA Philox
-    generator) is the same kind of dependence.
+    a generator seeded with the same seed. Draft noise that is not independent of what decides acceptance biases
+    the outputs towards the drafts (e.g. one key shared by every seeded request: every request drafts the same
+    tokens from the same context), but only through accepted drafts, so the power of this test grows with the
+    acceptance rate. Measured on pycode-23m with the bigram test drafter (about 2 % of drafts accepted at T = 1):
+    a constant draft key gave p = 0.04 at positions 3-4, not below alpha, so this test guards the seeded path's
+    distribution (seeds honoured, nothing biased at this size) and the key separation itself is checked in
+    tests/kernels (draft_key) and tests/adapter (draft_keys).
     """
     prompt = e2e_prompts[0][-200:]
     plain = plain_samples(servers, prompt)
