@@ -103,7 +103,7 @@ def test_t1_seeded_requests_match_plain(servers, e2e_prompts):
     tokens from the same context), but only through accepted drafts, so the power of this test grows with the
     acceptance rate. Measured on pycode-23m with the bigram test drafter (63 draft tokens accepted in all 1,000):
     a constant draft key gave p = 0.04 at positions 3-4, not below alpha, so this test guards the seeded path's
-    distribution (seeds honoured, nothing biased at this size) and the key separation itself is checked in
+    distribution (seeds ignored so that one sample repeats fails it outright); the key separation itself is in
     tests/kernels (draft_key) and tests/adapter (draft_keys).
     """
     prompt = e2e_prompts[0][-200:]
@@ -114,7 +114,6 @@ def test_t1_seeded_requests_match_plain(servers, e2e_prompts):
         spec, accepted = accepted_drafts(server, lambda: [ids for _, ids in ex.map(
             lambda seed: complete(prompt, seed), range(SEEDED_SAMPLES))])
     assert accepted > 0, "no draft was accepted at T = 1: the test would not exercise speculative sampling"
-    assert len(set(map(tuple, spec))) > SEEDED_SAMPLES // 4, "seeds did not change the samples"
     pvalues = position_pvalues(plain, spec)
     assert min(pvalues) > 1e-3, f"per-position χ² p-values {pvalues}"
 
