@@ -9,18 +9,23 @@ Semantics and the sampling contract: common.py.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from vllm_dspark.config import GREEDY_EPS
 
-from .._backend import resolve_backend
+from .._backend import ENV_VAR, resolve_backend
 from . import fast_torch, reference
 from .common import (
+    DRAFT_KEY_XOR,
+    KEY_MASK,
     SAMPLE_GROUP,
     BlockOutput,
     ConfidenceWeights,
     MarkovWeights,
     StepOutput,
+    draft_key,
     head_inputs,
 )
 
@@ -29,8 +34,12 @@ __all__ = [
     "SAMPLE_GROUP",
     "BlockOutput",
     "ConfidenceWeights",
+    "DRAFT_KEY_XOR",
+    "KEY_MASK",
     "MarkovWeights",
     "StepOutput",
+    "block_backend",
+    "draft_key",
     "head_inputs",
     "markov_block",
     "markov_step",
@@ -64,12 +73,33 @@ def markov_block(base_logits, hidden, anchor, weights: MarkovWeights, temperatur
     """All γ positions of a draft block: base_logits [N, γ, V], hidden [N, γ, H], anchor [N] ->
     tokens / logprobs / lse / conf_logits [N, γ] (+ logits or probs [N, γ, V]). See reference.markov_block;
     all_greedy as in markov_step."""
-    impl = _impl(backend, base_logits.device)
-    if impl is reference:
-        impl = fast_torch  # the reference's results with fewer ops (the CPU serving path)
+    impl = _block_impl(backend, base_logits.device)
     return impl.markov_block(
         base_logits, hidden, anchor, weights, temperature, seeds, offsets, conf=conf, output=output,
         compute_dtype=compute_dtype, **_triton_only(impl, all_greedy, launch))
+
+
+def _block_impl(backend: str | None, device: torch.device):
+    impl = _impl(backend, device)
+    return fast_torch if impl is reference else impl  # the reference's results with fewer ops (CPU serving path)
+
+
+def block_backend(device: torch.device, backend: str | None = None) -> tuple[str, str]:
+    """(name, reason) of the implementation `markov_block` runs on tensors of `device`: "triton" (kernel.py) or
+    "torch" (fast_torch.py, the reference's results with fewer ops). Logged once at engine start."""
+    device = torch.device(device)
+    impl = _block_impl(backend, device)
+    name = "torch" if impl is fast_torch else "triton"
+    if backend is not None:
+        return name, f"backend={backend!r} argument"
+    forced = os.environ.get(ENV_VAR, "auto")
+    if forced != "auto":
+        return name, f"${ENV_VAR}={forced}"
+    if name == "triton":
+        return name, "CUDA tensors and Triton imports"
+    if device.type != "cuda":
+        return name, f"{device.type} tensors (the Triton kernels need CUDA)"
+    return name, "CUDA tensors but `import triton` fails"
 
 
 def _triton_only(impl, all_greedy: bool, launch) -> dict:

@@ -11,7 +11,8 @@ counter = offsets[n] + k (`tl.randint4x` layout), u = ((x >> 8) + 0.5) / 2^24. T
 picks a group of SAMPLE_GROUP consecutive vocabulary ids by the groups' probability masses, u2 picks the token
 inside the group by the renormalised in-group masses. Two levels keep fp32 resolution relative to each level's
 mass; P(token) = P(group) · P(token | group) is exactly softmax(L / T). Callers advance `offsets` by the number of
-steps they ran (γ per draft round) so that rounds do not reuse noise.
+steps they ran (γ per draft round) so that rounds do not reuse noise. A request's own seed becomes the key only
+through `draft_key` (below).
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ Output = Literal["none", "logits", "probs"]
 OUTPUTS = ("none", "logits", "probs")
 
 SAMPLE_GROUP = 128  # vocabulary ids per sampling group; also the Triton kernel's vocabulary tile
+KEY_MASK = 2**62 - 1  # Philox keys are kept in [0, 2^62): non-negative int64 on every path
+# XORed into a request seed to form its draft key. Why: vLLM draws the rejection sampler's acceptance uniforms and
+# recovery/bonus noise of a seeded request from a torch.Generator seeded with the raw seed, and torch's CUDA
+# generator is Philox4x32-10 keyed by that seed: with key = seed the draft noise could be the very stream the
+# acceptance test reads, and a draft correlated with its own acceptance draw is no longer lossless.
+DRAFT_KEY_XOR = 0x1E3779B97F4A7C15  # the 64-bit golden-ratio constant, masked to 62 bits (any non-zero value works)
+
+
+def draft_key(seed: int) -> int:
+    """The Philox key of a seeded request's draft noise: a bijection of its seed that never equals the seed."""
+    return (int(seed) & KEY_MASK) ^ DRAFT_KEY_XOR
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys
 from vllm_dspark.config import GREEDY_EPS, DSparkConfig
 from vllm_dspark.model import DSparkDrafter
 
@@ -116,6 +116,7 @@ def test_draft_round_is_lm_head_then_stage(want_probs):
     stage = _stage(drafter)
     rnd = DraftRound(stage, drafter.lm_head)
     assert rnd.capture(GAMMA, [1, 4], [1], H, torch.float64, torch.device("cpu")) == {}  # no graphs on CPU
+    assert not rnd.replays_graphs
     got = rnd(hidden.reshape(N * GAMMA, H), anchors, temps, seeds, offsets, want_probs, gamma=GAMMA)
     want = stage(base, hidden, anchors, temps, seeds, offsets, want_probs)
     assert torch.equal(got.tokens, want.tokens)
@@ -128,6 +129,51 @@ def test_draft_round_is_lm_head_then_stage(want_probs):
     got = rnd(short.reshape(N * 3, H), anchors, temps, seeds, offsets, want_probs, gamma=3)
     want = stage(drafter.lm_head(short), short, anchors, temps, seeds, offsets, want_probs)
     assert got.tokens.shape == (N, 3) and torch.equal(got.tokens, want.tokens)
+    assert rnd.eager_fallbacks == 0, "eager rounds on CPU are by design, not fallbacks"
+
+
+def test_failed_capture_counts_every_round_as_an_eager_fallback(monkeypatch):
+    """A capture that raises keeps no graph; from then on every round is eager where graphs were expected."""
+    drafter = _drafter("vanilla", seed=8)
+    hidden, _, _ = _inputs(drafter, seed=9)
+    rnd = DraftRound(_stage(drafter), drafter.lm_head)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (_ for _ in ()).throw(RuntimeError("no graphs")))
+    with pytest.raises(RuntimeError, match="no graphs"):
+        rnd.capture(GAMMA, [1, 4], [1], H, torch.float64, torch.device("cuda"))
+    assert not rnd.replays_graphs
+    for k in range(3):
+        rnd(hidden.reshape(N * GAMMA, H), *_round_inputs(N, k, 0.0), False, gamma=GAMMA)
+    assert rnd.eager_fallbacks == 3
+
+
+# ---------------------------------------------------------------------------------------------- draft keys
+def test_draft_keys_separate_a_seeded_request_from_its_own_generator():
+    """A seeded request's key is draft_key(seed): not the seed (vLLM keys the request's generator by it), the same
+    at any batch index and whatever else is in the batch; unseeded requests get the engine RNG's keys."""
+    from vllm_dspark.kernels.markov_step import draft_key
+
+    seeds = [0, 1, 1234, 2**62 - 1, 2**63 + 5]
+    gens = {i: torch.Generator().manual_seed(s) for i, s in enumerate(seeds)}
+    keys = draft_keys(gens, len(seeds), torch.Generator().manual_seed(0))
+    assert keys.tolist() == [draft_key(s) for s in seeds]
+    assert all(k != s and 0 <= k < 2**62 for k, s in zip(keys.tolist(), seeds))
+    assert len(set(keys.tolist())) == len(seeds)
+    # Request 1234 at index 3 of a batch with unseeded neighbours (another engine RNG state).
+    mixed = draft_keys({3: torch.Generator().manual_seed(1234)}, 6, torch.Generator().manual_seed(99))
+    assert mixed[3] == draft_key(1234)
+    rng_keys = torch.randint(0, 2**62, (6,), generator=torch.Generator().manual_seed(99), dtype=torch.int64)
+    assert torch.equal(mixed[[0, 1, 2, 4, 5]], rng_keys[[0, 1, 2, 4, 5]])
+
+
+def test_request_seeds_reach_philox_only_through_draft_keys():
+    """No other code turns a request's generator seed into a Philox key (they would bypass draft_key)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    users = sorted(str(p.relative_to(root)) for d in ("vllm_dspark", "kernels") for p in (root / d).rglob("*.py")
+                   if "initial_seed(" in p.read_text() and "vllm_dspark/kernels" not in str(p))
+    assert users == ["vllm_dspark/adapter/sequential.py"]
 
 
 @pytest.mark.gpu  # CUDA-graph capture
@@ -168,3 +214,6 @@ def test_draft_round_graph_replay_matches_eager(head_type):
                 if kept is not None:
                     assert torch.equal(kept[0].tokens, kept[1]), "a replay overwrote the previous round's outputs"
                 kept = (got, got.tokens.clone())
+    assert graphed.replays_graphs and not eager.replays_graphs
+    assert graphed.eager_fallbacks == 4  # per kind: the batch of 9 and γ = 2
+    assert eager.eager_fallbacks == 0

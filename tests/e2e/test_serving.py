@@ -58,6 +58,23 @@ def test_acceptance_and_verify_metrics(servers, e2e_prompts, plain_greedy, mode)
     assert 0 < m["dspark:mean_verify_length"] <= 4
     if mode == "static":
         assert m["dspark:mean_verify_length"] == 4
+    # Worker counters (CPU: the draft round is eager by design, so no CUDA graphs and no fallbacks from them).
+    assert m["dspark:draft_cuda_graphs"] == 0
+    assert m["dspark:draft_eager_fallbacks_total"] == 0
+    decisions, fallbacks = m["dspark:length_decisions_total"], m["dspark:sla_fallbacks_total"]
+    if mode in ("static", "dynamic"):
+        assert decisions == fallbacks == 0, "static verification lengths need no decision"
+    else:
+        assert decisions > 0
+        assert fallbacks <= decisions if mode == "sla" else fallbacks == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_engine_start_logs_the_kernel_backend(servers, mode):
+    log = servers.servers[mode].log
+    servers.get(mode)
+    assert "vllm-dspark: sequential-head kernel backend 'torch': cpu tensors (the Triton kernels need CUDA)" in (
+        log.read_text(errors="replace"))
 
 
 def _mean_length(server, prompts, concurrent: bool, per: str = "dspark:request_steps_total") -> float:

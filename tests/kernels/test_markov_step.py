@@ -3,6 +3,8 @@
 Tolerances: markov_checks.TOL. Tokens: markov_checks.check_tokens (exact choice of the float64 reference unless
 within 1e-5 of a decision boundary).
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,13 +14,14 @@ import triton.language as tl
 from markov_checks import TOL, check_tokens, corrected_logits64, random_weights
 from vllm_dspark.kernels.markov_step import (
     ConfidenceWeights,
+    draft_key,
     head_inputs,
     markov_block,
     markov_step,
     reference,
 )
 from vllm_dspark.kernels.markov_step.kernel import LaunchOptions
-from vllm_dspark.kernels.markov_step.reference import philox4x32
+from vllm_dspark.kernels.markov_step.reference import philox4x32, uniforms
 
 
 def _close(name, got, want):
@@ -157,6 +160,24 @@ def test_philox_matches_random123_known_answers():
     _check_against_triton(seeds, counters)
 
 
+def test_draft_key_streams_never_meet_the_raw_seed_streams():
+    """vLLM's per-request generator (rejection / recovery draws) is keyed by the raw seed; the draft noise of the
+    same request, keyed by draft_key(seed), differs from the raw-seed Philox stream in every word and uniform at
+    every counter (with key = seed they would be the same numbers), and distinct seeds keep distinct draft keys."""
+    seeds = [0, 1, 42, 1234, 2**40 + 3, 2**62 - 1]
+    counters = torch.arange(256, dtype=torch.int64)
+    for s in seeds:
+        key = draft_key(s)
+        assert key != s and 0 <= key < 2**62
+        raw = torch.stack(philox4x32(torch.full_like(counters, s), counters))
+        draft = torch.stack(philox4x32(torch.full_like(counters, key), counters))
+        assert (draft != raw).all()
+        for u_raw, u_draft in zip(uniforms(torch.full_like(counters, s), counters),
+                                  uniforms(torch.full_like(counters, key), counters)):
+            assert (u_draft != u_raw).all()
+    assert len({draft_key(s) for s in seeds}) == len(seeds)
+
+
 @triton.jit
 def _randint4x_kernel(seed_ptr, ctr_ptr, out_ptr):
     i = tl.program_id(0)
@@ -198,6 +219,23 @@ def test_dispatch_defaults_to_reference_on_cpu(monkeypatch):
     monkeypatch.setenv("DSPARK_KERNEL_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="DSPARK_KERNEL_BACKEND"):
         resolve_backend(None, torch.device("cpu"))
+
+
+def test_block_backend_names_the_path_markov_block_runs_and_why(monkeypatch):
+    """What the proposer logs at engine start: the implementation markov_block dispatches to, and the reason."""
+    from vllm_dspark.kernels.markov_step import block_backend
+
+    monkeypatch.delenv("DSPARK_KERNEL_BACKEND", raising=False)
+    assert block_backend(torch.device("cpu")) == ("torch", "cpu tensors (the Triton kernels need CUDA)")
+    assert block_backend(torch.device("cpu"), backend="torch") == ("torch", "backend='torch' argument")
+    monkeypatch.setenv("DSPARK_KERNEL_BACKEND", "torch")
+    assert block_backend(torch.device("cpu")) == ("torch", "$DSPARK_KERNEL_BACKEND=torch")
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter lets triton run on CPU tensors
+        monkeypatch.setenv("DSPARK_KERNEL_BACKEND", "triton")
+        assert block_backend(torch.device("cpu")) == ("triton", "$DSPARK_KERNEL_BACKEND=triton")
+    if torch.cuda.is_available():
+        monkeypatch.delenv("DSPARK_KERNEL_BACKEND")
+        assert block_backend(torch.device("cuda")) == ("triton", "CUDA tensors and Triton imports")
 
 
 def test_reference_probs_are_softmax_over_temperature():

@@ -86,3 +86,12 @@ def draft_graph_batch_sizes(vllm_config, limit: int) -> list[int]:
     bound = min(limit, int(vllm_config.scheduler_config.max_num_seqs))
     sizes = getattr(vllm_config.compilation_config, "cudagraph_capture_sizes", None) or []
     return sorted({int(s) for s in sizes if 1 <= int(s) <= bound} | {bound})
+
+
+def is_first_tp_rank() -> bool:
+    """Whether this worker is tensor-parallel rank 0 (True outside an initialised distributed setup)."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return True
+    return parallel_state.get_tensor_model_parallel_rank() == 0

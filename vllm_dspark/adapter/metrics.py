@@ -13,6 +13,15 @@ are exactly the verification lengths our scheduler chose, so the front end can e
     dspark:accepted_tokens_total{engine}
     dspark:mean_verify_length{engine}                                verified tokens / verify rounds since start
     dspark:last_verify_length{engine}                                the same over the last recorded step
+and, from counters the worker keeps (shared_counters.py; vLLM's stats cannot carry them):
+    dspark:length_decisions_total{engine}      engine steps whose lengths the policy decided (confidence, sla)
+    dspark:sla_fallbacks_total{engine}         of those, steps where mode sla could not meet its per-user floor
+                                               and chose lengths for throughput
+    dspark:draft_cuda_graphs{engine}           1 while the draft round replays CUDA graphs, 0 when it runs
+                                               eagerly by design (CPU, cuda_graph_max_batch 0, enforce_eager) or
+                                               because the capture failed
+    dspark:draft_eager_fallbacks_total{engine} draft rounds run eagerly although a capture was attempted (batch
+                                               above the captured sizes, another γ, or a failed capture)
 Requests whose length was 0 in a step are not rounds (vLLM counts a draft only when one was scheduled);
 verified_tokens / request_steps is the mean length over all running request-steps instead.
 
@@ -28,6 +37,12 @@ from prometheus_client import Counter, Gauge
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from vllm_dspark.adapter import spec_config
+from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
+
+# worker counter -> metric key in _metrics(); counters become Prometheus counters, the rest gauges
+_WORKER_COUNTERS = {"length_decisions": "decisions", "sla_fallbacks": "sla_fallbacks",
+                    "draft_eager_fallbacks": "eager_fallbacks"}
+_WORKER_GAUGES = {"draft_cuda_graphs": "cuda_graphs"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,6 +59,13 @@ def _metrics() -> dict:
         "accepted": Counter("dspark:accepted_tokens", "Draft tokens accepted", ["engine"]),
         "mean": Gauge("dspark:mean_verify_length", "Mean verified drafts per round since start", ["engine"]),
         "last": Gauge("dspark:last_verify_length", "Mean verified drafts per round in the last step", ["engine"]),
+        "decisions": Counter("dspark:length_decisions", "Engine steps whose verification lengths the policy decided",
+                             ["engine"]),
+        "sla_fallbacks": Counter("dspark:sla_fallbacks", "Steps where mode sla could not meet sla_tokens_per_user "
+                                 "and chose lengths for throughput", ["engine"]),
+        "cuda_graphs": Gauge("dspark:draft_cuda_graphs", "1 while the draft round replays CUDA graphs", ["engine"]),
+        "eager_fallbacks": Counter("dspark:draft_eager_fallbacks", "Draft rounds run eagerly although a CUDA-graph "
+                                   "capture was attempted", ["engine"]),
     }
 
 
@@ -55,6 +77,9 @@ class DSparkStatLogger(StatLoggerBase):
         self.engine = str(engine_index)
         self.rounds = 0
         self.verified = 0
+        self._instance_id = getattr(vllm_config, "instance_id", "")
+        self._worker: dict[str, SharedCounters | None] = {}  # engine -> reader of its worker's counters
+        self._worker_seen: dict[str, dict[str, int]] = {}  # engine -> counter values already exported
         if not self.enabled:
             return
         serving = spec_config.read_attached(hf)
@@ -73,6 +98,7 @@ class DSparkStatLogger(StatLoggerBase):
         m = _metrics()
         engine = str(engine_idx) if engine_idx is not None else self.engine
         m["request_steps"].labels(engine).inc(scheduler_stats.num_running_reqs)
+        self._record_worker_counters(m, engine)
         stats = getattr(scheduler_stats, "spec_decoding_stats", None)
         if stats is None or stats.num_drafts == 0:
             return
@@ -86,6 +112,21 @@ class DSparkStatLogger(StatLoggerBase):
         self.verified += stats.num_draft_tokens
         m["mean"].labels(engine).set(self.verified / self.rounds)
         m["last"].labels(engine).set(stats.num_draft_tokens / stats.num_drafts)
+
+    def _record_worker_counters(self, m: dict, engine: str) -> None:
+        reader = self._worker.get(engine)
+        if reader is None:  # the worker creates its file at start: retry until it exists
+            reader = self._worker[engine] = SharedCounters.open(path_for(self._instance_id, int(engine)))
+            if reader is None:
+                return
+        now, seen = reader.read(), self._worker_seen.setdefault(engine, {})
+        for field, key in _WORKER_COUNTERS.items():
+            child, delta = m[key].labels(engine), now[field] - seen.get(field, 0)  # labels(): the series exists at 0
+            if delta > 0:
+                child.inc(delta)
+                seen[field] = now[field]
+        for field, key in _WORKER_GAUGES.items():
+            m[key].labels(engine).set(now[field])
 
     def log_engine_initialized(self):
         pass

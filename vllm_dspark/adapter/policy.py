@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class VerifyLengthPolicy:
         self.online_refit = online_refit
         self.max_ratio = max_ratio
         self.stats = PolicyStats()
+        self.on_decision: Callable[[PolicyStats], None] | None = None  # called after each `lengths` (metrics)
 
     @property
     def ready(self) -> bool:
@@ -72,6 +74,8 @@ class VerifyLengthPolicy:
         self.stats.verified_tokens += int(out.sum())
         self.stats.last_mode = used
         self.stats.sla_fallbacks += used == "sla->throughput"
+        if self.on_decision is not None:
+            self.on_decision(self.stats)
         return out
 
     def observe_step(self, batch_tokens: int, seconds: float) -> bool:

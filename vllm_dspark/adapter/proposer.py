@@ -7,7 +7,8 @@ bookkeeping, is inherited):
   deepspec-format.md §5), so the parent's input kernel runs with γ−1 masks and all γ slots are sampled.
 - Token choice. Instead of an independent argmax per slot, the sequential head walks the block left to right
   (`vllm_dspark.kernels.markov_step.markov_block`): corrected logits U_k + bias(prev), greedy or sampled with the
-  request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks), and the
+  request's temperature (seeded Philox draws: reproducible for seeded requests, identical on TP ranks; a seeded
+  request's key is `draft_key(seed)`, never the seed vLLM's own generator for that request uses), and the
   draft distribution of every slot handed to vLLM's rejection sampler when `draft_sample_method` is
   "probabilistic", so sampling at T > 0 stays lossless.
 - Verification lengths. The confidence head scores each slot. Every mode returns the full [R, γ] draft tensor
@@ -32,8 +33,10 @@ from vllm.v1.spec_decode.dflash import DFlashProposer
 
 from vllm_dspark.adapter import compat, spec_config
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
-from vllm_dspark.adapter.sequential import DraftRound, SequentialStage
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys
+from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
 from vllm_dspark.config import DrafterMismatchError, DSparkConfig
+from vllm_dspark.kernels.markov_step import block_backend
 from vllm_dspark.model.heads import calibrated_confidence
 
 logger = compat.get_logger(__name__)
@@ -87,6 +90,10 @@ class DSparkProposer(DFlashProposer):
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
         self._round: DraftRound | None = None
+        self._counters = self._shared_counters(vllm_config)
+        self.policy.on_decision = lambda _stats: self._publish_counters()
+        name, why = block_backend(device)
+        logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
 
     # ------------------------------------------------------------------ engine start
     def load_model(self, target_model) -> None:
@@ -136,11 +143,35 @@ class DSparkProposer(DFlashProposer):
         elif s.needs_cost_table and s.profile:
             table = profile.profile_runner(runner, self.num_speculative_tokens, s.profile_batch_tokens, s.profile_repeats)
             logger.info("vllm-dspark: cost table profiled at start: %r", table)
+        if table is None and s.mode != "static":
+            raise spec_config.DSparkConfigError(
+                f"vllm-dspark mode {s.mode!r} needs a cost table, but '{spec_config.KEY}.cost_table' is not set and "
+                f"profiling at start ('{spec_config.KEY}.profile') produced none; pass a table from "
+                "`vllm-dspark profile` or use mode 'static'")
         if table is not None and s.save_cost_table:
             table.save(s.save_cost_table)
             logger.info("vllm-dspark: cost table written to %s", s.save_cost_table)
         self.policy.table = table
         self._capture_draft_round()
+        self._publish_counters()
+
+    # ------------------------------------------------------------------ counters for /metrics
+    @staticmethod
+    def _shared_counters(vllm_config) -> SharedCounters | None:
+        """The writer of this engine's counters file (shared_counters.py), on TP rank 0 only (ranks agree)."""
+        if not compat.is_first_tp_rank():
+            return None
+        engine = int(getattr(vllm_config.parallel_config, "data_parallel_rank", 0) or 0)
+        return SharedCounters.create(path_for(getattr(vllm_config, "instance_id", ""), engine))
+
+    def _publish_counters(self) -> None:
+        if self._counters is None:
+            return
+        stats, rnd = self.policy.stats, self._round
+        self._counters.set(
+            length_decisions=stats.steps, sla_fallbacks=stats.sla_fallbacks,
+            draft_cuda_graphs=int(rnd is not None and rnd.replays_graphs),
+            draft_eager_fallbacks=0 if rnd is None else rnd.eager_fallbacks)
 
     def _capture_draft_round(self) -> None:
         """CUDA graphs of the draft round after the backbone (GPU; see DraftRound). A failure leaves it eager."""
@@ -197,16 +228,14 @@ class DSparkProposer(DFlashProposer):
         return sampling_metadata.temperature[:num_req].float()  # greedy requests carry T = 0 (< GREEDY_EPS)
 
     def _draft_seeds(self, sampling_metadata, num_req: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """seeds [R] (the request's seed when it has one, else fresh from the engine RNG) and Philox offsets [R].
+        """Philox keys [R] (`draft_keys`: from the request's seed when it has one, never the seed itself) and
+        counter bases [R].
 
         Offsets = anchor position × the configured γ (the largest a round may use, also under vLLM's dynamic
         speculative decoding): each round of a request draws fresh noise, and a seeded request draws the same
         noise whatever else is in the batch.
         """
-        seeds = torch.randint(0, 2**62, (num_req,), generator=self._rng, dtype=torch.int64)
-        for i, gen in (sampling_metadata.generators or {}).items():
-            if i < num_req:
-                seeds[i] = gen.initial_seed() & (2**62 - 1)
+        seeds = draft_keys(sampling_metadata.generators, num_req, self._rng)
         offsets = self._anchor_pos[:num_req].long() * self._max_gamma
         return seeds.to(self.device, non_blocking=True), offsets
 
@@ -229,6 +258,7 @@ class DSparkProposer(DFlashProposer):
             gamma=gamma,
         )
         self._conf_logits = out.conf_logits  # [R, γ] or None
+        self._publish_counters()
         probs = out.probs.reshape(num_req * gamma, -1) if probabilistic else None  # [R·γ, V]
         return out.tokens.reshape(-1), probs
 

@@ -9,14 +9,14 @@ torch, no vLLM import: `tests/adapter/test_sequential.py` checks the stage again
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vllm_dspark.kernels.graphs import GraphedDraftRound
-from vllm_dspark.kernels.markov_step import ConfidenceWeights, MarkovWeights, markov_block
+from vllm_dspark.kernels.markov_step import KEY_MASK, ConfidenceWeights, MarkovWeights, draft_key, markov_block
 
 
 @dataclass
@@ -24,6 +24,17 @@ class DraftOutput:
     tokens: torch.Tensor  # [R, γ] int64
     probs: torch.Tensor | None  # [R, γ, V] float32 draft distribution (one-hot rows for greedy requests)
     conf_logits: torch.Tensor | None  # [R, γ] float32 raw confidence-head logits
+
+
+def draft_keys(generators: Mapping[int, torch.Generator] | None, num_req: int, rng: torch.Generator) -> torch.Tensor:
+    """Philox keys [R] (int64, CPU) of one draft round: `draft_key(seed)` for request i when vLLM holds a seeded
+    generator for it (`generators[i]`, seeded with the request's seed), else a fresh key from `rng` (the engine's).
+    A seeded request's key depends on its seed alone, so its draft noise does not depend on the rest of the batch."""
+    keys = torch.randint(0, KEY_MASK + 1, (num_req,), generator=rng, dtype=torch.int64)
+    for i, gen in (generators or {}).items():
+        if i < num_req:
+            keys[i] = draft_key(gen.initial_seed())
+    return keys
 
 
 class SequentialStage:
@@ -71,13 +82,21 @@ class DraftRound:
     kernel launches plus the head's small ops, and at small batch their launch cost rivals the kernels
     (benchmarks/kernels: ~1-2 ms eager vs ~0.3-0.5 ms replayed on an H100 at V = 152k). Batches above the
     largest captured size, and everything on CPU, run eagerly. Replay outputs are copied out, so callers may
-    keep them across rounds exactly as with the eager path.
+    keep them across rounds exactly as with the eager path. `eager_fallbacks` counts the rounds that ran eagerly
+    after a capture was attempted (a larger batch, another γ, a kind not captured, or a failed capture); rounds
+    where no graphs were meant to exist (CPU, capture disabled) are not fallbacks.
     """
 
     def __init__(self, stage: SequentialStage, compute_logits: Callable[[torch.Tensor], torch.Tensor]):
         self.stage, self.compute_logits = stage, compute_logits
         self._graphs: dict[bool, GraphedDraftRound] = {}  # want_probs -> graphs (captured at self._gamma)
         self._gamma: int | None = None
+        self._capture_attempted = False
+        self.eager_fallbacks = 0
+
+    @property
+    def replays_graphs(self) -> bool:
+        return bool(self._graphs)
 
     def _round(self, want_probs: bool):
         def fn(hidden, anchors, temperature, seeds, offsets):  # hidden [R, γ, H]
@@ -95,6 +114,7 @@ class DraftRound:
         graphs = self._graphs.get(want_probs)
         if graphs is not None and gamma == self._gamma and hidden.shape[0] <= graphs.batch_sizes[-1]:
             return graphs(hidden, anchors, temperature, seeds, offsets, clone=True)
+        self.eager_fallbacks += self._capture_attempted
         return self._round(want_probs)(hidden, anchors, temperature, seeds, offsets)
 
     def capture(self, gamma: int, batch_sizes: Sequence[int], probs_batch_sizes: Sequence[int], hidden_size: int,
@@ -105,6 +125,7 @@ class DraftRound:
         if torch.device(device).type != "cuda" or not torch.cuda.is_available():
             return captured
         self._gamma = gamma
+        self._capture_attempted = True
         try:
             self._capture(batch_sizes, probs_batch_sizes, hidden_size, dtype, device, captured)
         except BaseException:
