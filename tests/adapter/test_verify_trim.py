@@ -175,3 +175,21 @@ def test_proposer_lengths_from_the_last_rounds_confidences():
     assert lengths == {"a": 3, "b": 0}
     assert prop.policy.stats.verified_tokens == 3 and prop.policy.stats.requests == 2
     assert prop.verify_lengths({"a": [1]}) == {}  # consumed: the next step's drafts need the next round's conf
+
+
+def test_proposer_verifies_seeded_requests_in_full():
+    """A seeded request keeps every scheduled draft even when its confidences say cut (its output must not depend
+    on the batch's load); the unseeded one beside it is still cut by the policy."""
+    from vllm_dspark.adapter.policy import VerifyLengthPolicy
+    from vllm_dspark.adapter.proposer import DSparkProposer, PendingConfidences
+    from vllm_dspark.scheduling.cost import CostTable
+
+    xs = [1, 2, 4, 8, 16, 32, 64]
+    table = CostTable(np.array(xs), np.array([10e-3 + 0.5e-3 * x for x in xs]))
+    prop = object.__new__(DSparkProposer)
+    prop.policy = VerifyLengthPolicy("confidence", 4, table, online_refit=False)
+    prop._dump_path, prop._warned_no_table, prop._last_log_t = None, False, time.monotonic()
+    hopeless = torch.zeros(2, 4)
+    prop._pending = PendingConfidences(["s", "u"], hopeless, None, None, frozenset({"s"}))
+    assert prop.verify_lengths({"s": [1, 2, 3, 4], "u": [5, 6, 7, 8]}) == {"u": 0}  # s absent: all 4 verified
+    assert prop.policy.stats.requests == 1

@@ -52,6 +52,7 @@ class PendingConfidences:
     conf: torch.Tensor  # [R, γ] float32 on the host (pinned on GPU; read after `event`)
     event: object | None  # torch.cuda.Event of the host copy; None on CPU
     dump: list[dict] | None  # debug-dump records of the round, written once the lengths are known
+    seeded: frozenset[str] = frozenset()  # seeded requests: verified in full (see verify_lengths)
 
 
 class DSparkProposer(DFlashProposer):
@@ -83,6 +84,7 @@ class DSparkProposer(DFlashProposer):
         self._anchor_pos: torch.Tensor | None = None  # [R] their positions
         self._conf_logits: torch.Tensor | None = None  # [R, γ] raw confidence logits of the last draft
         self._request_temps: torch.Tensor | None = None  # [R] request temperatures of the last draft (dump)
+        self._seeded_rows: list[int] = []  # rows of the last draft whose request carries a seed
         self._pending: PendingConfidences | None = None  # confidences of the drafts the next step verifies
         self._conf_host: torch.Tensor | None = None  # pinned host buffer for them (GPU)
         self._conf_event = None
@@ -248,6 +250,7 @@ class DSparkProposer(DFlashProposer):
         self._request_temps = None if temps is None else temps[:num_req]
         probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
         seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
+        self._seeded_rows = [i for i in (sampling_metadata.generators or {}) if i < num_req]
         out = self._draft_round()(
             hidden_states,  # [R·γ, H]; the round computes the base logits
             self._anchor_ids[:num_req],
@@ -284,8 +287,9 @@ class DSparkProposer(DFlashProposer):
         """Calibrated confidences [R, γ] to the host without blocking (pinned buffer + event on GPU)."""
         conf = calibrated_confidence(self._conf_logits[:num_req].float(), self.sts_temperatures)
         req_ids = list(self._runner.input_batch.req_ids[:num_req])
+        seeded = frozenset(req_ids[i] for i in self._seeded_rows)
         if self.device.type != "cuda":
-            return PendingConfidences(req_ids, conf, None, records)
+            return PendingConfidences(req_ids, conf, None, records, seeded)
         if self._conf_host is None:
             self._conf_host = torch.empty(self.max_batch_size * self._max_gamma, dtype=torch.float32,
                                           pin_memory=True)
@@ -293,14 +297,18 @@ class DSparkProposer(DFlashProposer):
         host = self._conf_host[: conf.numel()].view(conf.shape)
         host.copy_(conf, non_blocking=True)
         self._conf_event.record()
-        return PendingConfidences(req_ids, host, self._conf_event, records)
+        return PendingConfidences(req_ids, host, self._conf_event, records, seeded)
 
     def verify_lengths(self, scheduled_spec_tokens: dict[str, list[int]]) -> dict[str, int]:
         """This step's verification length per request whose scheduled drafts come from the last round.
 
         Called by the runner patch before the target runs (modes confidence / sla). `scheduled_spec_tokens`:
         the scheduler's drafts per request (their count bounds the length). Requests drafted in an older round
-        (or without confidences) are left out: all their scheduled drafts are verified.
+        (or without confidences) are left out: all their scheduled drafts are verified. So are seeded requests:
+        vLLM's rejection sampler draws a seeded request's noise from its own generator, one draw per verified
+        draft, so a load-dependent length would make its output depend on the rest of the batch; verified in
+        full, it repeats whatever else runs (as in mode static). The policy decides the others' lengths without
+        counting the seeded requests' tokens.
         """
         pending, self._pending = self._pending, None
         if pending is None:
@@ -308,7 +316,7 @@ class DSparkProposer(DFlashProposer):
         if pending.event is not None:
             pending.event.synchronize()
         row_of = {req_id: i for i, req_id in enumerate(pending.req_ids)}
-        req_ids = [r for r, toks in scheduled_spec_tokens.items() if toks and r in row_of]
+        req_ids = [r for r, toks in scheduled_spec_tokens.items() if toks and r in row_of and r not in pending.seeded]
         lengths: dict[str, int] = {}
         if req_ids and self.policy.table is None:
             if not self._warned_no_table:
