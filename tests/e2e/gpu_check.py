@@ -1,8 +1,9 @@
 """GPU check (run by hand on a GPU machine, not collected by pytest): equality and a short throughput comparison.
 
 Starts four OpenAI servers on one GPU at once: the target alone, vllm-dspark in `confidence` mode (Triton
-sequential-head kernels), vllm-dspark in `static` mode (torch reference kernels) and vLLM's native DSpark
-speculator (V2 runner) with the same drafter weights; then
+sequential-head kernels; mode `static` on vLLM releases without the draft-trimming patch, e.g. 0.26),
+vllm-dspark in `static` mode (torch reference kernels) and vLLM's native DSpark speculator (V2 runner) with the
+same drafter weights; then
 1. greedy equality: 16 completions and 16 chats in flight at T = 0, each server against the target alone;
 2. throughput: 8 requests one at a time, then 64 with 16 in flight, 128 tokens each (ignore_eos), output tok/s,
    per-user tok/s and vLLM's acceptance counters.
@@ -50,9 +51,14 @@ def servers(target: Path, drafter: Path, logs: Path, cpu: bool = False) -> dict[
             s["dspark"] = dspark
         return ["--speculative-config", json.dumps(s)]
 
+    # Modes confidence / sla trim drafts inside vLLM's runner (a patch gated to the releases it was run with);
+    # where it is not available (e.g. vLLM 0.26) they are refused at start, so this server runs mode static there.
+    from vllm_dspark.adapter import patches
+
+    mode = "confidence" if patches.supports_verify_lengths() else "static"
     return {
         "plain": Server("plain", common, {}, logs / "plain.log"),
-        "dspark_confidence": Server("dspark_confidence", common + spec("dflash", mode="confidence"), {},
+        "dspark_confidence": Server("dspark_confidence", common + spec("dflash", mode=mode), {},
                                     logs / "confidence.log"),
         "dspark_static": Server("dspark_static", common + spec("dflash", mode="static"),
                                 {"DSPARK_KERNEL_BACKEND": "torch"}, logs / "static.log"),
