@@ -44,7 +44,8 @@ Drafters are inflated with the same maps; the kind is read from config.json `arc
   [D, D + d); heads, GQA and MLP follow 3.-5. The midlayer has no q/k norm, so the sqrt(s) of the softmax scale
   (HD^-1/2 = hd^-1/2/sqrt(s)) goes into the q_proj rows (exact in real arithmetic; in bf16 it is one rounding of
   each live q weight, relative <= 2^-9, unless s is a power of 4), and q is noise everywhere off the source block
-  (k is exactly zero off the mapped positions of original heads). Its own lm_head gets noise columns (reads h); d2t/t2d (a reduced draft vocabulary) are copied.
+  (k is exactly zero off the mapped positions of original heads). Its own lm_head gets noise columns (it reads h);
+  d2t/t2d (a reduced draft vocabulary), when present, are copied.
 In every kind, target_layer_ids (and vLLM's dflash_config / eagle_aux_hidden_state_layer_ids spellings) are
 remapped by the target's layer map of 6.
 Output: HF folders (config.json, model.safetensors or shards + index, tokenizer files, generation_config.json,
@@ -698,7 +699,8 @@ def inflate_eagle3_state(state: dict[str, torch.Tensor], plan: Plan, ix: Index, 
             n_out, n_in = (NH * HD if must is None else len(must)), len(cols_nonzero)
             if tuple(w.shape) != (len(rows), len(cols)):
                 raise ValueError(f"{key} has shape {tuple(w.shape)}, expected {(len(rows), len(cols))}")
-            out[key] = build_linear(noise, (n_out, n_in), std_of(w), must, cols_nonzero, (w.float() * factor, rows, cols))
+            live = (w.float() * factor, rows, cols)
+            out[key] = build_linear(noise, (n_out, n_in), std_of(w), must, cols_nonzero, live)
         elif key in ("d2t", "t2d") and not w.is_floating_point():  # draft <-> target vocabulary maps: unchanged
             out[key] = w.to(dev)
         else:

@@ -291,7 +291,8 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
     for target, d_dir in ((small, tmp_path / "draft"), (big, tmp_path / "draft_big")):
         # vllm_dspark.training's DFlashDrafter / Eagle3Drafter, loaded by their load_dflash / load_eagle3
         loaded_kind, drafter = inflate.load_any_drafter(d_dir, torch.float32, "cpu")
-        assert loaded_kind == kind and type(drafter).__name__ == {"dflash": "DFlashDrafter", "eagle3": "Eagle3Drafter"}[kind]
+        expected_class = {"dflash": "DFlashDrafter", "eagle3": "Eagle3Drafter"}[kind]
+        assert loaded_kind == kind and type(drafter).__name__ == expected_class
         results.append([inflate.draft_on_prompt(target, kind, drafter, ids) for ids in prompts[:2]])
     for a, b in zip(*results):
         assert torch.equal(a.tokens, b.tokens)
