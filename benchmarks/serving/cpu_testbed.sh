@@ -16,7 +16,7 @@ INFLATE_ARGS=${INFLATE_ARGS:-}
 if [ "$INFLATE" = 0 ]; then SLA=${SLA:-60 100}; SLA_FLOOR=${SLA_FLOOR:-50}
 else SLA=${SLA:-3.5 5}; SLA_FLOOR=${SLA_FLOOR:-3}; fi
 # KV cache: the inflated target holds 28 layers x 8 kv heads x 128 x 2 (K, V) x 2 bytes = 112 KiB per token, so
-# 1 GiB holds ~9.3k tokens (~8.5k with a 3-layer drafter's cache beside it): the 16 default eval prompts (3.9k
+# 1 GiB holds ~9.3k tokens (~9k beside the recipe's one-layer drafter's cache): the 16 default eval prompts (3.9k
 # prompt tokens, the longest 760) plus 64 outputs each fit at concurrency 16, and max-model-len 1024 fits them all.
 KV_SPACE_GIB=${KV_SPACE_GIB:-1}
 # engine flags shared by the servers and `vllm-dspark profile`
