@@ -14,7 +14,7 @@
 #   dspark-static-g<γ>          vllm-dspark, every draft verified, γ in STATIC_GAMMAS (default 2 4 and GAMMA; the
 #                               best static γ is read per anchor)
 #   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
-#   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR; 3 tok/s/user inflated, 50 small), γ = 7
+#   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR: 3 tok/s/user; 50 if INFLATE=0), γ = 7
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
 # Overridable: TARGET (the small target), DRAFTERS (its drafters: folder with dspark/ dflash/ eagle3/; default
