@@ -11,11 +11,12 @@ a GPU serving a real model, while the greedy outputs (and every drafter's drafts
 Writes OUT/target and OUT/drafters/<name of each --drafter folder>. A part whose inflate_meta.json records the same
 inputs (source folder and a digest of its config and weights, shape, dtype, seed, a digest of inflate.py; for a
 drafter also the target's) is kept as it is; any other is rebuilt in OUT/<part>.partial and then moved in place, so
-an interrupted build never leaves a folder that looks complete.
+an interrupted build never leaves a folder that looks complete (OUT/.build.lock serialises builders of one OUT).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import shutil
@@ -97,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise SystemExit(f"--drafter folders must have distinct names (they name the outputs), got {names}")
     target_config = json.loads((args.target / "config.json").read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / ".build.lock").open("w") as lock:  # two builders on one folder would share the .partial dirs
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_all(args, names, shape, dtype, target_config)
+    return 0
+
+
+def build_all(args: argparse.Namespace, names: list[str], shape: inflate.Shape, dtype: torch.dtype,
+              target_config: dict) -> None:
     common = {"shape": asdict(shape), "dtype": args.dtype, "inflate_code": digest([Path(inflate.__file__)])}
     target_inputs = {"source": str(args.target.resolve()), "source_digest": model_digest(args.target),
                      "seed": args.seed, **common}
@@ -110,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         status = build(out, inputs, lambda d, src=src: inflate.inflate_drafter(
             src, d, target_config, shape, dtype=dtype, device=args.device, seed=args.seed + 1))
         print(f"drafter {out}: {status}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
