@@ -1,7 +1,7 @@
 # Sourced by campaign_cpu.sh and dynamic_cpu.sh: the serving testbed and the settings that depend on its speed.
 #
 # INFLATE=1 (default): serve pycode-23m inflated by testbed.py to hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072,
-# bf16 (449M params; a verify step costs ~134 ms at 1 token, ~206 ms at 64 on the 2-core dev machine), with every
+# bf16 (449M params; a verify step costs ~100-130 ms at 1 token on a 2-core CPU, `vllm-dspark profile`), with every
 # drafter inflated by the same maps. The construction is exact, so the inflated drafters accept what the small ones
 # do and everything measured on the small models (acceptance per position from `vllm-dspark eval`, STS
 # calibration) still applies; only the cost changes. Built once into TESTBED (default runs/inflated), reused while

@@ -2,8 +2,9 @@
 
 pycode-23m (6 layers, hidden 512) is so small that on a CPU a drafter costs about as much as the target, unlike a
 real deployment. The default shape here (hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072, bf16: 449M params)
-puts a verify step of the 2-core dev machine at ~134 ms for 1 token and ~206 ms for 64, the memory-bound regime of
-a GPU serving a real model, while the greedy outputs (and every drafter's drafts) stay the small model's exactly.
+puts a verify step of a 2-core CPU at ~100-130 ms for 1 token and not much more for 8 (benchmarks/RESULTS.md,
+"Inflated CPU testbed"), the memory-bound regime of a GPU serving a real model, while the greedy outputs (and every
+drafter's drafts) stay the small model's (exactly in real arithmetic; bf16 rounds the rescaled norm weights).
 
     python benchmarks/serving/testbed.py --target ../shared/models/pycode-23m --out runs/inflated \
         [--drafter runs/pycode-cpu/dspark --drafter runs/pycode-cpu/eagle3 ...] [--hidden 640 --layers 8 ...]
