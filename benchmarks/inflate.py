@@ -35,8 +35,19 @@ eps shift of < 1e-6 relative, see 3., differ):
    approximation anywhere). Exact zeros remain only where a nonzero input meets a row whose output must be
    exact, plus the embedding's padded columns (tied embedding: the lookup output must be zero there).
 
-The drafter (DeepSpec layout, deepspec-format.md §2-3) is inflated with the same maps: fc takes m padded target
-features, its layers/norms follow 2.-6., Markov/confidence heads get noise columns for the padded part of h.
+Drafters are inflated with the same maps; the kind is read from config.json `architectures`:
+- DSpark (`Qwen3DSparkModel`, DeepSpec layout, deepspec-format.md §2-3) and DFlash (`DFlashDraftModel`, vLLM's
+  native `dflash` layout: the same tensors without heads): fc takes m padded target features, its layers/norms
+  follow 2.-6., Markov/confidence heads get noise columns for the padded part of h.
+- EAGLE-3 (`LlamaForCausalLMEagle3`, vLLM's native `eagle3` layout): fc [d, 3d] -> [D, 3D] like DSpark's fc; the
+  midlayer's q/k/v read [input_layernorm(emb) ; hidden_norm(g)] of width 2D, whose live coordinates are [0, d) and
+  [D, D + d); heads, GQA and MLP follow 3.-5. The midlayer has no q/k norm, so the sqrt(s) of the softmax scale
+  (HD^-1/2 = hd^-1/2/sqrt(s)) goes into the q_proj rows (exact in real arithmetic; in bf16 it is one rounding of
+  each live q weight, relative <= 2^-9, unless s is a power of 4), and q is noise everywhere off the source block
+  (k is exactly zero off the mapped positions of original heads). Its own lm_head gets noise columns (it reads h);
+  d2t/t2d (a reduced draft vocabulary), when present, are copied.
+In every kind, target_layer_ids (and vLLM's dflash_config / eagle_aux_hidden_state_layer_ids spellings) are
+remapped by the target's layer map of 6.
 Output: HF folders (config.json, model.safetensors or shards + index, tokenizer files, generation_config.json,
 inflate_meta.json) written layer by layer, so a 4B-shaped target needs no more than one layer in device memory.
 """
@@ -366,6 +377,25 @@ def inflate_layer(src: dict[str, torch.Tensor], plan: Plan, ix: Index, noise: No
     return {k: out[k] for k in LAYER_KEYS}
 
 
+def inflate_head(w: torch.Tensor, plan: Plan, ix: Index, noise: Noise) -> torch.Tensor:
+    """An untied LM head [V, d] -> [V, D]: it reads h, whose padded coordinates are zero -> noise columns."""
+    every = torch.ones(w.shape[0], dtype=torch.bool, device=noise.device)
+    rows = torch.arange(w.shape[0], device=noise.device)
+    return build_linear(noise, (w.shape[0], plan.dst.hidden_size), std_of(w), every, ix.hidden_nonzero,
+                        (w, rows, ix.hidden))
+
+
+def inflate_fc(w: torch.Tensor, m: int, plan: Plan, ix: Index, noise: Noise) -> torch.Tensor:
+    """A drafter's fc [d, m·d] -> [D, m·D]; input block j holds target feature j (padded with exact zeros)."""
+    d, D, dev = plan.src.hidden_size, plan.dst.hidden_size, noise.device
+    if tuple(w.shape) != (d, m * d):
+        raise ValueError(f"fc.weight has shape {tuple(w.shape)}, expected {(d, m * d)} for {m} target features")
+    cols_nonzero = (torch.arange(m * D, device=dev) % D) < d
+    live_cols = (torch.arange(m, device=dev)[:, None] * D + ix.hidden[None, :]).reshape(-1)
+    every = torch.ones(D, dtype=torch.bool, device=dev)
+    return build_linear(noise, (D, m * D), std_of(w), every, cols_nonzero, (w, ix.hidden, live_cols))
+
+
 def pad_columns(w: torch.Tensor, new_cols: int, device: torch.device) -> torch.Tensor:
     """[rows, d] -> [rows, D] with zero padding (embeddings: the looked-up rows must be zero there)."""
     out = torch.zeros(w.shape[0], new_cols, device=device)
@@ -414,9 +444,10 @@ class ShardWriter:
         if key != expected or tuple(tensor.shape) != self.shapes[key]:
             planned = f"{expected} {self.shapes.get(expected)}"
             raise RuntimeError(f"writer got {key} {tuple(tensor.shape)}, planned {planned}")
-        if not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise RuntimeError(f"{key} has non-finite values")
-        self.pending[key] = tensor.to(self.dtype).to("cpu").contiguous()
+        cast = tensor.to(self.dtype) if tensor.is_floating_point() else tensor  # d2t/t2d index tensors stay ints
+        self.pending[key] = cast.to("cpu").contiguous()
         k = self.shard_of[key]
         if key == self.groups[k][-1]:
             save_file({n: self.pending.pop(n) for n in self.groups[k]}, str(self.dir / self.names[k]), {"format": "pt"})
@@ -480,12 +511,8 @@ def inflate_target(
         for k, w in inflate_layer(layer, plan, ix, noise, identity).items():
             writer.add(f"model.layers.{j}.{k}", w)
     writer.add("model.norm.weight", inflate_norm(state["norm.weight"], D, ix.hidden, plan.hidden_factor))
-    if "lm_head.weight" in shapes:  # untied head: it reads h, whose padded coordinates are zero -> noise columns
-        w = state["lm_head.weight"]
-        every = torch.ones(w.shape[0], dtype=torch.bool, device=device)
-        rows = torch.arange(w.shape[0], device=device)
-        head = build_linear(noise, shapes["lm_head.weight"], std_of(w), every, ix.hidden_nonzero, (w, rows, ix.hidden))
-        writer.add("lm_head.weight", head)
+    if "lm_head.weight" in shapes:
+        writer.add("lm_head.weight", inflate_head(state["lm_head.weight"], plan, ix, noise))
     writer.finish()
 
     (out_dir / "config.json").write_text(json.dumps(inflated_target_config(config, plan, dtype), indent=2) + "\n")
@@ -512,6 +539,20 @@ def inflate_target(
 
 # ----------------------------------------------------------------------------------------------------- drafter
 GEOMETRY_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+DRAFTER_KINDS = {  # config.json `architectures` entry -> layout
+    "Qwen3DSparkModel": "dspark",
+    "DFlashDraftModel": "dflash",
+    "LlamaForCausalLMEagle3": "eagle3",
+}
+
+
+def drafter_kind(dcfg: dict) -> str:
+    """'dspark', 'dflash' or 'eagle3', from config.json `architectures`."""
+    kinds = {DRAFTER_KINDS[a] for a in dcfg.get("architectures") or [] if a in DRAFTER_KINDS}
+    if len(kinds) != 1:
+        raise ValueError(f"architectures: {dcfg.get('architectures')} names none (or several) of the drafter "
+                         f"layouts this tool inflates: {sorted(DRAFTER_KINDS)}")
+    return kinds.pop()
 
 
 def inflated_drafter_config(dcfg: dict, target_config: dict, plan: Plan, num_layers: int, dtype) -> dict:
@@ -541,9 +582,10 @@ def inflated_drafter_config(dcfg: dict, target_config: dict, plan: Plan, num_lay
         rms_norm_eps=plan.new_eps,
         num_target_layers=dst.num_hidden_layers,
         num_hidden_layers=num_layers,
-        layer_types=["full_attention"] * num_layers,
         dtype=str(dtype).removeprefix("torch."),
     )
+    if drafter_kind(dcfg) != "eagle3":  # EAGLE-3's one midlayer is causal and has no layer_types
+        new["layer_types"] = ["full_attention"] * num_layers
     for key in ("target_layer_ids", "dspark_target_layer_ids"):
         if new.get(key):
             new[key] = [plan.map_layer_id(i) for i in new[key]]
@@ -551,9 +593,13 @@ def inflated_drafter_config(dcfg: dict, target_config: dict, plan: Plan, num_lay
         new["dflash_config"] = dict(new["dflash_config"])
         ids = new["dflash_config"]["target_layer_ids"]
         new["dflash_config"]["target_layer_ids"] = [plan.map_layer_id(i) for i in ids]
-    if new.get("eagle_aux_hidden_state_layer_ids"):  # ids of layer *inputs* = output of the layer before + 1
-        aux = new["eagle_aux_hidden_state_layer_ids"]
-        new["eagle_aux_hidden_state_layer_ids"] = [plan.map_layer_id(a - 1) + 1 for a in aux]
+    # vLLM's EAGLE-3 ids name layer *inputs* (= output of the layer before + 1), at top level and in eagle_config
+    if isinstance(new.get("eagle_config"), dict):
+        new["eagle_config"] = dict(new["eagle_config"])  # not the source's dict
+    for holder in (new, new.get("eagle_config")):
+        if isinstance(holder, dict) and holder.get("eagle_aux_hidden_state_layer_ids"):
+            aux = holder["eagle_aux_hidden_state_layer_ids"]
+            holder["eagle_aux_hidden_state_layer_ids"] = [plan.map_layer_id(a - 1) + 1 for a in aux]
     if new.get("target_hidden_size") is not None:
         new["target_hidden_size"] = dst.hidden_size
     new.pop("torch_dtype", None)
@@ -564,8 +610,7 @@ def inflate_drafter_state(
     state: dict[str, torch.Tensor], dcfg: dict, plan: Plan, ix: Index, noise: Noise, num_layers: int
 ) -> dict[str, torch.Tensor]:
     """DeepSpec-layout drafter tensors -> inflated tensors (same keys, plus identity layers if num_layers grows)."""
-    d, D = plan.src.hidden_size, plan.dst.hidden_size
-    dev = noise.device
+    D, dev = plan.dst.hidden_size, noise.device
     m = len(dcfg["target_layer_ids"])
     r = int(dcfg.get("markov_rank", 0) or 0)
     n_src = dcfg["num_hidden_layers"]
@@ -580,11 +625,8 @@ def inflate_drafter_state(
         elif key in ("embed_tokens.weight", "lm_head.weight"):
             # Copies of the target's (tied) embedding: padded exactly like the target's, so they stay equal.
             out[key] = pad_columns(w, D, dev)
-        elif key == "fc.weight":  # [d, m·d] -> [D, m·D]; input block j holds target feature j (padded zero)
-            cols_nonzero = (torch.arange(m * D, device=dev) % D) < d
-            live_cols = (torch.arange(m, device=dev)[:, None] * D + ix.hidden[None, :]).reshape(-1)
-            every = torch.ones(D, dtype=torch.bool, device=dev)
-            out[key] = build_linear(noise, (D, m * D), std_of(w), every, cols_nonzero, (w, ix.hidden, live_cols))
+        elif key == "fc.weight":
+            out[key] = inflate_fc(w, m, plan, ix, noise)
         elif key in ("hidden_norm.weight", "norm.weight"):
             out[key] = inflate_norm(w, D, ix.hidden, plan.hidden_factor)
         elif key in ("markov_head.markov_w1.weight", "markov_head.markov_w2.weight") or key.endswith(".bias"):
@@ -609,6 +651,63 @@ def inflate_drafter_state(
     return out
 
 
+EAGLE3_NORMS = ("midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight",
+                "midlayer.post_attention_layernorm.weight", "norm.weight")
+EAGLE3_LINEARS = tuple(f"midlayer.{k}.weight" for k in (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+
+
+def inflate_eagle3_state(state: dict[str, torch.Tensor], plan: Plan, ix: Index, noise: Noise) -> dict:
+    """vLLM `eagle3`-layout tensors (one midlayer over [emb ; g], see the module docstring) -> inflated tensors."""
+    D, I = plan.dst.hidden_size, plan.dst.intermediate_size  # noqa: E741
+    NH, NKV, HD = plan.dst.num_attention_heads, plan.dst.num_key_value_heads, plan.dst.head_dim  # noqa: N806
+    dev = noise.device
+    prefix = "model." if any(k.startswith("model.") for k in state) else ""
+    src = {k.removeprefix("model."): v for k, v in state.items()}
+    missing = [k for k in ("fc.weight", "embed_tokens.weight", *EAGLE3_NORMS, *EAGLE3_LINEARS) if k not in src]
+    if missing:
+        raise ValueError(f"EAGLE-3 drafter lacks {missing}")
+    every = lambda n: torch.ones(n, dtype=torch.bool, device=dev)  # noqa: E731
+    # the 2D-wide midlayer input [input_layernorm(emb) ; hidden_norm(g)]: live at [0, d) and [D, D + d)
+    in_nonzero = ix.hidden_nonzero.repeat(2)
+    in_cols = torch.cat([ix.hidden, D + ix.hidden])
+    # (must-be-exact rows, nonzero input columns, new rows, new cols, weight factor) per linear. q has no exact rows
+    # beyond its source block: without a q_norm, q off the mapped positions only meets k's exact zeros there.
+    plans = {
+        "self_attn.q_proj": (None, in_nonzero, ix.q_rows, in_cols, math.sqrt(plan.s)),
+        "self_attn.k_proj": (ix.k_must, in_nonzero, ix.kv_rows, in_cols, 1.0),
+        "self_attn.v_proj": (every(NKV * HD), in_nonzero, ix.kv_rows, in_cols, 1.0),
+        "self_attn.o_proj": (every(D), ix.attn_nonzero, ix.hidden, ix.q_rows, 1.0),
+        "mlp.gate_proj": (ix.neurons_nonzero, ix.hidden_nonzero, ix.neurons, ix.hidden, 1.0),
+        "mlp.up_proj": (every(I), ix.hidden_nonzero, ix.neurons, ix.hidden, 1.0),
+        "mlp.down_proj": (every(D), ix.neurons_nonzero, ix.hidden, ix.neurons, 1.0),
+    }
+    out: dict[str, torch.Tensor] = {}
+    for key, w in src.items():
+        name = key.removeprefix("midlayer.").removesuffix(".weight")
+        if key == "fc.weight":
+            out[key] = inflate_fc(w, 3, plan, ix, noise)
+        elif key == "embed_tokens.weight":  # the lookup feeds input_layernorm: padded coordinates must be zero
+            out[key] = pad_columns(w, D, dev)
+        elif key == "lm_head.weight":
+            out[key] = inflate_head(w, plan, ix, noise)
+        elif key in EAGLE3_NORMS:
+            out[key] = inflate_norm(w, D, ix.hidden, plan.hidden_factor)
+        elif key.startswith("midlayer.") and name in plans:
+            must, cols_nonzero, rows, cols, factor = plans[name]
+            n_out, n_in = (NH * HD if must is None else len(must)), len(cols_nonzero)
+            if tuple(w.shape) != (len(rows), len(cols)):
+                raise ValueError(f"{key} has shape {tuple(w.shape)}, expected {(len(rows), len(cols))}")
+            live = (w.float() * factor, rows, cols)
+            out[key] = build_linear(noise, (n_out, n_in), std_of(w), must, cols_nonzero, live)
+        elif key in ("d2t", "t2d") and not w.is_floating_point():  # draft <-> target vocabulary maps: unchanged
+            out[key] = w.to(dev)
+        else:
+            raise ValueError(f"drafter tensor {key} {tuple(w.shape)} is not part of vLLM's EAGLE-3 layout")
+    return {prefix + k: v for k, v in out.items()}
+
+
 def inflate_drafter(
     draft_dir: str | Path,
     out_dir: str | Path,
@@ -621,16 +720,23 @@ def inflate_drafter(
     seed: int = 1,
     max_shard_bytes: int = 4 << 30,
 ) -> dict:
-    """Inflate a DeepSpec-layout drafter of `target_config` consistently with `inflate_target(..., shape)`."""
+    """Inflate a DSpark / DFlash / EAGLE-3 drafter of `target_config` consistently with `inflate_target(..., shape)`."""
     t0 = time.perf_counter()
     draft_dir, out_dir = Path(draft_dir), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dcfg = json.loads((draft_dir / "config.json").read_text())
+    kind = drafter_kind(dcfg)
     plan = make_plan(target_config, shape)
+    if kind == "eagle3" and num_layers not in (None, dcfg["num_hidden_layers"]):
+        raise ValueError(f"--draft-layers {num_layers}: an EAGLE-3 drafter keeps its one midlayer")
     num_layers = num_layers or dcfg["num_hidden_layers"]
     new_cfg = inflated_drafter_config(dcfg, target_config, plan, num_layers, dtype)
     state = read_state_dict(draft_dir)
-    tensors = inflate_drafter_state(state, dcfg, plan, Index(plan, device), Noise(seed, device), num_layers)
+    ix, noise = Index(plan, device), Noise(seed, device)
+    if kind == "eagle3":
+        tensors = inflate_eagle3_state(state, plan, ix, noise)
+    else:
+        tensors = inflate_drafter_state(state, dcfg, plan, ix, noise, num_layers)
     writer = ShardWriter(out_dir, {k: tuple(v.shape) for k, v in tensors.items()}, dtype, max_shard_bytes)
     for k, v in tensors.items():
         writer.add(k, v)
@@ -638,6 +744,7 @@ def inflate_drafter(
     (out_dir / "config.json").write_text(json.dumps(new_cfg, indent=2) + "\n")
     summary = {
         "source": str(draft_dir),
+        "kind": kind,
         "params_before": sum(v.numel() for v in state.values()),
         "params_after": sum(v.numel() for v in tensors.values()),
         "target_layer_ids": [dcfg.get("target_layer_ids"), new_cfg.get("target_layer_ids")],
@@ -698,27 +805,43 @@ def check_target(src_dir: Path, out_dir: Path, prompts_file: Path, n: int, new_t
     return result
 
 
+def load_any_drafter(directory: Path, dtype: torch.dtype, device) -> tuple[str, torch.nn.Module]:
+    """(kind, drafter) with the project's own class for the layout (vllm_dspark, or its training baselines)."""
+    kind = drafter_kind(json.loads((Path(directory) / "config.json").read_text()))
+    if kind == "eagle3":
+        from vllm_dspark.training.eagle3 import load_eagle3 as load
+    elif kind == "dflash":
+        from vllm_dspark.training.dflash import load_dflash as load
+    else:
+        from vllm_dspark.checkpoint import load_drafter as load
+    return kind, load(directory, dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def draft_on_prompt(target, kind: str, drafter, ids: torch.Tensor):
+    """One greedy draft block for the anchor ids[:, -1], the context ids[:, :-1] run through `target`."""
+    from vllm_dspark.model import target_features
+
+    hs = target(ids, output_hidden_states=True).hidden_states
+    feats = target_features(hs, drafter.config.target_layer_ids)[:, :-1]  # context rows: all but the anchor
+    if kind == "eagle3":
+        return drafter.draft(feats, ids, 0.0, None)
+    c = feats.shape[1]
+    pos = torch.arange(c, device=ids.device)[None]
+    return drafter.draft(feats, pos, ids[:, -1], torch.tensor([c], device=ids.device))
+
+
 @torch.no_grad()
 def check_drafter(src_dir, out_dir, draft_dir, draft_out, prompts_file, n, device, dtype) -> dict:
     """Drafter outputs (corrected logits, tokens, confidence) on target features, small pair vs inflated pair."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from vllm_dspark.checkpoint import load_drafter
-    from vllm_dspark.model import target_features
-
     prompts = load_prompts(prompts_file, n, AutoTokenizer.from_pretrained(src_dir), 128)
     blocks = []
     for t_dir, d_dir in ((src_dir, draft_dir), (out_dir, draft_out)):
         target = AutoModelForCausalLM.from_pretrained(t_dir, dtype=dtype).to(device).eval()
-        drafter = load_drafter(d_dir, dtype=dtype, device=device)
-        blocks.append([])
-        for ids in prompts:
-            ids = ids.to(device)
-            hs = target(ids, output_hidden_states=True).hidden_states
-            feats = target_features(hs, drafter.config.target_layer_ids)[:, :-1]  # context: all but the anchor
-            c = feats.shape[1]
-            pos = torch.arange(c, device=device)[None]
-            blocks[-1].append(drafter.draft(feats, pos, ids[:, -1], torch.tensor([c], device=device)))
+        kind, drafter = load_any_drafter(d_dir, dtype, device)
+        blocks.append([draft_on_prompt(target, kind, drafter, ids.to(device)) for ids in prompts])
         del target, drafter
     # Slot k's logits/confidence depend on the token chosen at k-1 (Markov head), so after the first differing
     # draft token (a near-tie flipped by rounding) the two blocks are no longer comparable: stop there.
@@ -742,7 +865,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, type=Path, help="small Qwen3 HF folder")
     p.add_argument("--out", required=True, type=Path, help="output folder for the inflated target")
-    p.add_argument("--draft", type=Path, help="DSpark drafter folder (DeepSpec layout) of --target")
+    p.add_argument("--draft", type=Path, help="drafter folder of --target: DSpark (DeepSpec layout), or vLLM-native "
+                   "DFlash / EAGLE-3 (kind read from its config.json architectures)")
     p.add_argument("--draft-out", type=Path, help="output folder for the inflated drafter")
     p.add_argument("--draft-layers", type=int, help="draft layers after inflation (extra ones are identities)")
     p.add_argument("--shape", choices=[*SHAPES, "custom"], default="qwen3-4b")

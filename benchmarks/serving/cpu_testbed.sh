@@ -1,0 +1,37 @@
+# Sourced by campaign_cpu.sh and dynamic_cpu.sh: the serving testbed and the settings that depend on its speed.
+#
+# INFLATE=1 (default): serve pycode-23m inflated by testbed.py to hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072,
+# bf16 (449M params; a verify step costs ~100-130 ms at 1 token on a 2-core CPU, `vllm-dspark profile`), with every
+# drafter inflated by the same maps. The construction is exact, so the inflated drafters accept what the small ones
+# do and everything measured on the small models (acceptance per position from `vllm-dspark eval`, STS
+# calibration) still applies; only the cost changes. Built once into TESTBED (default runs/inflated), reused while
+# its inputs are unchanged. INFLATE_ARGS: extra testbed.py flags (e.g. a smaller shape for smoke runs).
+# INFLATE=0: the small target itself, as before.
+INFLATE=${INFLATE:-1}
+TESTBED=${TESTBED:-runs/inflated}
+INFLATE_ARGS=${INFLATE_ARGS:-}
+# Readout anchors (tok/s/user: moderate, interactive) and dspark-sla's floor, from the target alone's per-user speed
+# (benchmarks/serving/README.md, "SLA anchors"). Inflated: ~6 tok/s/user at concurrency 1, ~3.3 at 16.
+# Small target: ~138 at 1, ~56 at 16.
+if [ "$INFLATE" = 0 ]; then SLA=${SLA:-60 100}; SLA_FLOOR=${SLA_FLOOR:-50}
+else SLA=${SLA:-3.5 5}; SLA_FLOOR=${SLA_FLOOR:-3}; fi
+# KV cache: the inflated target holds 28 layers x 8 kv heads x 128 x 2 (K, V) x 2 bytes = 112 KiB per token, so
+# 1 GiB holds ~9.3k tokens (~9k beside the recipe's one-layer drafter's cache): the 16 default eval prompts (3.9k
+# prompt tokens, the longest 760) plus 64 outputs each fit at concurrency 16, and max-model-len 1024 fits them all.
+KV_SPACE_GIB=${KV_SPACE_GIB:-1}
+# engine flags shared by the servers and `vllm-dspark profile`
+ENGINE_ARGS=${ENGINE_ARGS:---max-model-len 1024 --enforce-eager}
+
+# use_testbed [DRAFTER_DIR...]: unless INFLATE=0, build (or reuse) the inflated target and the given drafters and
+# point TARGET at the inflated target; the drafters land in $TESTBED/drafters/<folder name>. PROMPTS keeps the small
+# target's eval prompts (the inflated folder has the tokenizer, not the prompt files).
+use_testbed() {
+  PROMPTS=${PROMPTS:-$TARGET/eval_prompts.jsonl}
+  [ "$INFLATE" = 0 ] && return 0
+  local args=() d
+  for d in "$@"; do args+=(--drafter "$d"); done
+  # shellcheck disable=SC2086  # INFLATE_ARGS is a flag list
+  $PYTHON "$REPO/benchmarks/serving/testbed.py" --target "$TARGET" --out "$TESTBED" "${args[@]}" $INFLATE_ARGS \
+    | tee -a "$OUT/machine.txt"
+  TARGET=$(cd "$TESTBED/target" && pwd)
+}
