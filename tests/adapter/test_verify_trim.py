@@ -157,9 +157,10 @@ def test_scheduler_stats_count_verified_drafts(monkeypatch):
     assert same is stats and stats.num_drafts == 1  # cut to 0 drafts: no draft round
 
 
-def test_proposer_lengths_from_the_last_rounds_confidences():
+def _confidence_proposer():
+    """A DSparkProposer with only what verify_lengths reads: mode confidence, γ 4, step time 10 ms + 0.5 ms/token."""
     from vllm_dspark.adapter.policy import VerifyLengthPolicy
-    from vllm_dspark.adapter.proposer import DSparkProposer, PendingConfidences
+    from vllm_dspark.adapter.proposer import DSparkProposer
     from vllm_dspark.scheduling.cost import CostTable
 
     xs = [1, 2, 4, 8, 16, 32, 64]
@@ -167,6 +168,13 @@ def test_proposer_lengths_from_the_last_rounds_confidences():
     prop = object.__new__(DSparkProposer)
     prop.policy = VerifyLengthPolicy("confidence", 4, table, online_refit=False)
     prop._dump_path, prop._warned_no_table, prop._last_log_t = None, False, time.monotonic()
+    return prop
+
+
+def test_proposer_lengths_from_the_last_rounds_confidences():
+    from vllm_dspark.adapter.proposer import PendingConfidences
+
+    prop = _confidence_proposer()
     # rows: a certain (conf 1), b hopeless (conf 0), d drafted but not scheduled now
     prop._pending = PendingConfidences(["a", "b", "d"], torch.tensor([[1.0] * 4, [0.0] * 4, [1.0] * 4]), None, None)
     lengths = prop.verify_lengths({"a": [1, 2, 3], "b": [4, 5, 6, 7], "c": [8, 9]})
@@ -180,15 +188,9 @@ def test_proposer_lengths_from_the_last_rounds_confidences():
 def test_proposer_verifies_seeded_requests_in_full():
     """A seeded request keeps every scheduled draft even when its confidences say cut (its output must not depend
     on the batch's load); the unseeded one beside it is still cut by the policy."""
-    from vllm_dspark.adapter.policy import VerifyLengthPolicy
-    from vllm_dspark.adapter.proposer import DSparkProposer, PendingConfidences
-    from vllm_dspark.scheduling.cost import CostTable
+    from vllm_dspark.adapter.proposer import PendingConfidences
 
-    xs = [1, 2, 4, 8, 16, 32, 64]
-    table = CostTable(np.array(xs), np.array([10e-3 + 0.5e-3 * x for x in xs]))
-    prop = object.__new__(DSparkProposer)
-    prop.policy = VerifyLengthPolicy("confidence", 4, table, online_refit=False)
-    prop._dump_path, prop._warned_no_table, prop._last_log_t = None, False, time.monotonic()
+    prop = _confidence_proposer()
     hopeless = torch.zeros(2, 4)
     prop._pending = PendingConfidences(["s", "u"], hopeless, None, None, frozenset({"s"}))
     assert prop.verify_lengths({"s": [1, 2, 3, 4], "u": [5, 6, 7, 8]}) == {"u": 0}  # s absent: all 4 verified
