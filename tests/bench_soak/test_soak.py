@@ -94,6 +94,16 @@ def test_rss_and_leak_checks():
     assert not any(c.passed for c in grown)  # no preemption, RSS +300 MB, one request left running
 
 
+def test_onednn_cache_capacity_reaches_the_servers():
+    """The default turns oneDNN's primitive cache off in both servers; -1 leaves oneDNN's own default."""
+    opts, _ = soak.parse_args([])
+    assert soak.server_env(opts)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    opts, _ = soak.parse_args(["--onednn-cache-capacity", "64"])
+    assert soak.server_env(opts)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    opts, _ = soak.parse_args(["--onednn-cache-capacity", "-1"])
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in soak.server_env(opts)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_small_soak_passes_every_check(pycode_dir, tmp_path):
