@@ -6,10 +6,11 @@ token count M of a batch, and keeps it (vLLM's per-layer LRU of 32 plus oneDNN's
 serving process's RSS rises with every new batch size it meets and levels off once it has met them all. This
 script measures that in isolation: `--layers` linear layers of shape [--k, --n], fed every M in 1..--max-m in
 turn, `--passes` times; the RSS after each pass is printed. Pass 1 is the warm-up cost, later passes show whether it
-is bounded (flat) or a leak (still rising); the seconds per pass show what rebuilding evicted primitives costs. `torch.nn.functional.linear` on the same shapes is the control.
+is bounded (flat) or a leak (still rising); the seconds per pass show what rebuilding evicted primitives costs.
+`torch.nn.functional.linear` on the same shapes is the control.
 
-Each backend runs in a fresh subprocess so that one does not inherit the other's caches; ONEDNN_PRIMITIVE_CACHE_CAPACITY
-(oneDNN's own cache, default 1024) can be set per run with --cache-capacity.
+Each backend runs in a fresh subprocess so that one does not inherit the other's caches;
+ONEDNN_PRIMITIVE_CACHE_CAPACITY (oneDNN's own cache, default 1024) can be set per run with --cache-capacity.
 
   python3 benchmarks/memory/onednn_shape_cache.py --out benchmarks/out/onednn_shape_cache.json
 """
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in runs:
-        cap = r["onednn_primitive_cache_capacity"] if r["backend"] == "onednn" else "-"
+        cap = r["onednn_primitive_cache_capacity"] or "-"  # None: the torch control
         deltas = [f"{a - r['rss_start_mb']:+.0f}" for a in r["rss_after_pass_mb"]]
         secs = [f"{r['seconds_per_pass'][0]:.1f}", f"{r['seconds_per_pass'][-1]:.1f}"]
         print(f"| {r['backend']} | {cap} | {r['rss_start_mb']:.0f} | " + " | ".join(deltas + secs) + " |")

@@ -1,8 +1,8 @@
-"""benchmarks/memory/onednn_shape_cache.py runs end to end on a tiny case and computes the same products on both
-backends (the memory figures themselves are the benchmark's business: benchmarks/RESULTS.md, *Soak (CPU)*)."""
+"""benchmarks/memory/onednn_shape_cache.py: the oneDNN matmul it drives against a float64 reference, and the script
+end to end on a tiny case (the memory figures themselves are the benchmark's business: benchmarks/RESULTS.md,
+*Soak (CPU)*)."""
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
