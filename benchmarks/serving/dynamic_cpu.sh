@@ -22,10 +22,13 @@ REPO=$(cd "$HERE/../.." && pwd)
 cd "$REPO"
 PYTHON=${PYTHON:-python3}
 TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
-DRAFTER=$(cd "${DRAFTER:-runs/pycode-gpu/dspark}" && pwd)
-EVAL=${EVAL:-runs/pycode-gpu/eval/eval_dspark_T0.json}
+# The recipe's DSpark drafter: the `gpu` size when it was run (better trained), else the `cpu` size.
+DEFAULT_RUN=runs/pycode-cpu
+[ -s runs/pycode-gpu/dspark/model.safetensors ] && DEFAULT_RUN=runs/pycode-gpu
+DRAFTER=$(cd "${DRAFTER:-$DEFAULT_RUN/dspark}" && pwd)
+EVAL=${EVAL:-$DEFAULT_RUN/eval/eval_dspark_T0.json}
 # shellcheck source=cpu_testbed.sh
-. "$HERE/cpu_testbed.sh"  # INFLATE, TESTBED, SLA, KV space, ENGINE_ARGS, use_testbed
+. "$HERE/cpu_testbed.sh"  # INFLATE, TESTBED, SLA, KV space, ENGINE_ARGS, use_testbed, batch_schedule
 OUT=${OUT:-runs/dynamic-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
@@ -38,12 +41,7 @@ mkdir -p "$OUT"
 use_testbed "$DRAFTER"  # from here on TARGET and DRAFTER are what is served (and profiled)
 [ "$INFLATE" = 0 ] || DRAFTER=$(cd "$TESTBED/drafters/$(basename "$DRAFTER")" && pwd)
 
-# shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
-VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$DRAFTER" \
-  --out "$OUT/cost_table.json" --num-speculative-tokens "$GAMMA" $ENGINE_ARGS --max-num-seqs "$MAX_BATCH"
-$PYTHON -m vllm_dspark schedule --cost-table "$OUT/cost_table.json" --eval "$EVAL" --gamma "$GAMMA" \
-  --max-batch "$MAX_BATCH" --json "$OUT/schedule.json"
-SCHEDULE=$($PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" "$OUT/schedule.json")
+SCHEDULE=$(batch_schedule "$DRAFTER" "$EVAL" "$GAMMA" "$MAX_BATCH" "$OUT")
 
 spec() {  # spec GAMMA DSPARK_JSON [EXTRA_JSON]: a --config value with the JSON speculative config
   echo "--speculative-config '{\"method\": \"dflash\", \"model\": \"$DRAFTER\", \"num_speculative_tokens\": $1, \"dspark\": $2${3:+, $3}}'"
