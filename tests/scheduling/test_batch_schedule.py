@@ -85,3 +85,25 @@ def test_cli_prints_and_writes_the_schedule(tmp_path, capsys):
     ks = gamma_by_batch_size(CostTable.load(table), [0.8, 0.6, 0.4, 0.2], 4, 64)
     assert written["num_speculative_tokens_per_batch_size"] == as_vllm_schedule(ks)
     assert written["num_speculative_tokens_per_batch_size"][-1][1] == 64
+
+
+def test_cli_says_why_when_no_gamma_pays(tmp_path, capsys):
+    """A compute-bound engine (step time proportional to tokens) gets γ = 0 everywhere and a note saying why."""
+    from vllm_dspark.cli import main
+
+    table = tmp_path / "table.json"
+    xs = [1, 2, 4, 8, 16]
+    table.write_text(json.dumps({"batch_tokens": xs, "step_seconds": [0.1 * x for x in xs]}))
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"summary": {"per_position_acceptance": [0.3, 0.1]}}))
+    assert main(["schedule", "--cost-table", str(table), "--eval", str(ev), "--max-batch", "8"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["num_speculative_tokens_per_batch_size"] == [[1, 8, 0]]
+    assert "no γ pays" in captured.err and "2.00x a plain step" in captured.err and "1.30 tokens" in captured.err
+    # A table where verification is nearly free keeps speculation on, without the note.
+    table.write_text(json.dumps({"batch_tokens": xs, "step_seconds": [0.1 + 1e-3 * x for x in xs]}))
+    assert main(["schedule", "--cost-table", str(table), "--eval", str(ev), "--max-batch", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "no γ pays" not in captured.err
+    schedule = json.loads(captured.out.strip().splitlines()[-1])["num_speculative_tokens_per_batch_size"]
+    assert all(k > 0 for _, _, k in schedule)

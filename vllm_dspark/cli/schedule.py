@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -39,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'requests':>12} {'γ':>3}")
     for start, end, k in schedule:
         print(f"{f'{start}-{end}':>12} {k:>3}")
+    if not any(ks):
+        # Not an error: turning speculation off is the right schedule for this engine, but users expect a speed-up
+        # from a speculative config, so say why there is none (typically a compute-bound CPU).
+        one = table.step_time(1)
+        print(f"note: no γ pays at any batch size up to {args.max_batch}: one request verifying 1 draft costs "
+              f"{table.step_time(2) / one:.2f}x a plain step ({table.step_time(2) * 1e3:.0f} vs {one * 1e3:.0f} ms) "
+              f"and returns {1 + acceptance[0]:.2f} tokens; the schedule turns speculation off (γ = 0).",
+              file=sys.stderr)
     print(json.dumps({"num_speculative_tokens_per_batch_size": schedule}))
     if args.json is not None:
         args.json.write_text(json.dumps({"num_speculative_tokens_per_batch_size": schedule, "gamma": gamma,
