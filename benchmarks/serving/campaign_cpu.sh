@@ -59,7 +59,7 @@ LD_PRELOAD_LIB=${LD_PRELOAD_LIB:-}
 mkdir -p "$OUT"
 {
   echo "start $(date -u +%FT%TZ): $(uptime)"
-  echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
+  cpu_line
   echo "LD_PRELOAD for servers: ${LD_PRELOAD_LIB:-none}"
   echo "INFLATE=$INFLATE; small target $TARGET, drafters $DRAFTERS"
 } | tee "$OUT/machine.txt"

@@ -22,6 +22,20 @@ KV_SPACE_GIB=${KV_SPACE_GIB:-1}
 # engine flags shared by the servers and `vllm-dspark profile`
 ENGINE_ARGS=${ENGINE_ARGS:---max-model-len 1024 --enforce-eager}
 
+# cpu_line: cores, model and the ISA features that decide the testbed's regime. Without avx512_bf16 / amx_bf16 the
+# CPU emulates bf16 matmuls and the target is compute-bound (step time ~ proportional to batch tokens: measured on an
+# AVX2-only 2-core EPYC, 158 / 271 / 461 / 849 ms at 1 / 2 / 4 / 8 tokens, and no better in fp32), so no verification
+# length pays there; the note in machine.txt says so before the numbers do.
+cpu_line() {
+  local isa
+  isa=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' \
+    | tr '\n' ' ') || true
+  echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); ISA: ${isa:-none of avx2/avx512}"
+  if [ "$INFLATE" != 0 ] && ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+    echo "NOTE: no native bf16 on this CPU (avx512_bf16 / amx_bf16): the inflated target is compute-bound here"
+  fi
+}
+
 # use_testbed [DRAFTER_DIR...]: unless INFLATE=0, build (or reuse) the inflated target and the given drafters and
 # point TARGET at the inflated target; the drafters land in $TESTBED/drafters/<folder name>. PROMPTS keeps the small
 # target's eval prompts (the inflated folder has the tokenizer, not the prompt files).

@@ -36,7 +36,7 @@ MAX_TOKENS=${MAX_TOKENS:-64}
 GAMMA=${GAMMA:-7}
 MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
 mkdir -p "$OUT"
-{ echo "start $(date -u +%FT%TZ): $(uptime)"; echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
+{ echo "start $(date -u +%FT%TZ): $(uptime)"; cpu_line
   echo "INFLATE=$INFLATE; small target $TARGET, drafter $DRAFTER, eval $EVAL"; } | tee "$OUT/machine.txt"
 use_testbed "$DRAFTER"  # from here on TARGET and DRAFTER are what is served (and profiled)
 [ "$INFLATE" = 0 ] || DRAFTER=$(cd "$TESTBED/drafters/$(basename "$DRAFTER")" && pwd)
