@@ -32,7 +32,8 @@ cpu_line() {
     | tr '\n' ' ') || true
   echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); ISA: ${isa:-none of avx2/avx512}"
   if [ "$INFLATE" != 0 ] && ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
-    echo "NOTE: no native bf16 on this CPU (avx512_bf16 / amx_bf16): the inflated target is compute-bound here"
+    echo "NOTE: no native bf16 on this CPU (avx512_bf16 / amx_bf16): the inflated target is compute-bound" \
+      "here, so verifying drafts costs about as much as generating the tokens"
   fi
 }
 
