@@ -28,3 +28,19 @@ def test_profile_steps_records_the_median_step_time(monkeypatch):
     table = profile.profile_steps(run_step, [1, 4, 16], repeats=3)
     assert calls == [1] * 4 + [4] * 4 + [16] * 4  # one warm-up + 3 timed runs per size
     assert table.step_seconds.tolist() == pytest.approx([2.5e-3, 4e-3, 10e-3])
+
+
+def test_profile_steps_stops_at_its_time_budget(monkeypatch):
+    """The budget reaches CostTable.from_profile: 0.1 s per token, 4 runs per size, 2.5 s allow B = 1, 2 (1.2 s) but
+    not B = 4 (1.6 s more), which is then extrapolated."""
+    clock = {"t": 0.0}
+    calls = []
+
+    def run_step(b):
+        calls.append(b)
+        clock["t"] += 0.1 * b
+
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock["t"])
+    table = profile.profile_steps(run_step, [1, 2, 4], repeats=3, time_budget_s=2.5)
+    assert sorted(set(calls)) == [1, 2] and table.meta["extrapolated_batch_tokens"] == [4]
+    assert table.step_seconds.tolist() == pytest.approx([0.1, 0.2, 0.4])

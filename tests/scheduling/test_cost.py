@@ -91,6 +91,35 @@ def test_from_profile_takes_medians_and_smooths():
         CostTable.from_profile(lambda b: 1.0, [4, 2])
 
 
+
+def test_from_profile_extrapolates_past_its_time_budget():
+    """A compute-bound engine (0.1 s per token): with warm-up + 3 repeats per B, B = 1, 2, 4, 8 spend 6 s; B = 16
+    would take 6.4 s more, past a 10 s budget, so 16 and 32 come from the line through B = 4 and 8 (exact here)."""
+    calls = []
+
+    def measure(b):
+        calls.append(b)
+        return 0.1 * b
+
+    grid = [1, 2, 4, 8, 16, 32]
+    table = CostTable.from_profile(measure, grid, repeats=3, warmup=1, time_budget_s=10.0)
+    assert sorted(set(calls)) == [1, 2, 4, 8] and len(calls) == 16
+    np.testing.assert_allclose(table.step_seconds, [0.1 * b for b in grid], rtol=1e-12)
+    assert table.meta["extrapolated_batch_tokens"] == [16, 32] and len(table.meta["raw_step_seconds"]) == 4
+    # Without a budget (or with room to spare) every B is measured and nothing is marked.
+    calls.clear()
+    full = CostTable.from_profile(measure, grid, repeats=3, warmup=1, time_budget_s=100.0)
+    assert sorted(set(calls)) == grid and "extrapolated_batch_tokens" not in full.meta
+    # Two points are measured even when the first one alone exhausts the budget; a falling line is held flat
+    # (B = 4 at 0.4 s, not 0.3), then the curve is made non-decreasing: mean(0.5, 0.4, 0.4) at every B.
+    ys = iter([0.5, 0.5, 0.4, 0.4])
+    flat = CostTable.from_profile(lambda b: next(ys), [1, 2, 4], repeats=1, warmup=1, time_budget_s=0.1)
+    np.testing.assert_allclose(flat.step_seconds, [1.3 / 3] * 3)
+    assert flat.meta["extrapolated_batch_tokens"] == [4]
+    with pytest.raises(ValueError, match="time_budget_s"):
+        CostTable.from_profile(measure, grid, time_budget_s=0.0)
+
+
 def observe_curve(table, truth, rng, b_low, b_high, n, noise=0.02):
     for _ in range(n):
         b = int(round(np.exp(rng.uniform(np.log(b_low), np.log(b_high)))))  # log-uniform: every node is seen

@@ -3,7 +3,9 @@
 `GPUModelRunner._dummy_run(B)` runs the target on B tokens (through CUDA graphs where they were captured) and the
 drafter's dummy pass, i.e. roughly one verification step of B tokens; the median of `repeats` timed runs per B
 (after one warm-up) goes into a `CostTable`, which the online refit then corrects with real step times.
-The grid spans what a verification step can hold: B <= min(max_num_batched_tokens, max_num_seqs × (γ + 1)).
+The grid spans what a verification step can hold: B <= min(max_num_batched_tokens, max_num_seqs × (γ + 1)); on a
+slow engine (a CPU computes ~0.1 s per token at 449M params) its large end would take many minutes, so B past a time
+budget is extrapolated instead.
 """
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ def default_batch_tokens(max_tokens: int) -> list[int]:
 
 
 def profile_steps(run_step: Callable[[int], object], batch_tokens: Sequence[int], repeats: int = 3,
-                  synchronize: Callable[[], None] = lambda: None, device: str = "", meta: dict | None = None
-                  ) -> CostTable:
-    """CostTable from timing `run_step(B)` (one warm-up, then the median of `repeats`)."""
+                  synchronize: Callable[[], None] = lambda: None, device: str = "", meta: dict | None = None,
+                  time_budget_s: float | None = None) -> CostTable:
+    """CostTable from timing `run_step(B)` (one warm-up, then the median of `repeats`; B past `time_budget_s`
+    seconds of timed steps extrapolated, see `CostTable.from_profile`)."""
 
     def measure(b: int) -> float:
         synchronize()
@@ -39,7 +42,8 @@ def profile_steps(run_step: Callable[[int], object], batch_tokens: Sequence[int]
         synchronize()
         return time.perf_counter() - t0
 
-    return CostTable.from_profile(measure, list(batch_tokens), repeats=repeats, warmup=1, device=device, meta=meta)
+    return CostTable.from_profile(measure, list(batch_tokens), repeats=repeats, warmup=1, device=device, meta=meta,
+                                  time_budget_s=time_budget_s)
 
 
 def device_name(device: torch.device) -> str:
@@ -48,7 +52,8 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def profile_runner(runner, gamma: int, batch_tokens: Sequence[int] | None = None, repeats: int = 3) -> CostTable:
+def profile_runner(runner, gamma: int, batch_tokens: Sequence[int] | None = None, repeats: int = 3,
+                   time_budget_s: float | None = None) -> CostTable:
     """Profile a V1 model runner (a `GPUModelRunner` or its CPU subclass) after warm-up."""
     import vllm
 
@@ -65,4 +70,5 @@ def profile_runner(runner, gamma: int, batch_tokens: Sequence[int] | None = None
     meta = {"source": "engine start (_dummy_run)", "vllm": vllm.__version__, "gamma": gamma,
             "model": runner.vllm_config.model_config.model}
     with torch.inference_mode():
-        return profile_steps(lambda b: runner._dummy_run(b), grid, repeats, sync, device_name(device), meta)
+        return profile_steps(lambda b: runner._dummy_run(b), grid, repeats, sync, device_name(device), meta,
+                             time_budget_s)

@@ -143,8 +143,13 @@ class DSparkProposer(DFlashProposer):
             table = CostTable.load(s.cost_table)
             logger.info("vllm-dspark: cost table loaded from %s: %r", s.cost_table, table)
         elif s.needs_cost_table and s.profile:
-            table = profile.profile_runner(runner, self.num_speculative_tokens, s.profile_batch_tokens, s.profile_repeats)
+            table = profile.profile_runner(runner, self.num_speculative_tokens, s.profile_batch_tokens, s.profile_repeats,
+                                           s.profile_time_budget_s)
             logger.info("vllm-dspark: cost table profiled at start: %r", table)
+            if table is not None and table.meta.get("extrapolated_batch_tokens"):
+                logger.warning("vllm-dspark: profiling stopped at its %.0f s budget ('%s.profile_time_budget_s'); "
+                               "step times at B = %s are extrapolated until real steps refit them",
+                               s.profile_time_budget_s, spec_config.KEY, table.meta["extrapolated_batch_tokens"])
         if table is None and s.mode != "static":
             raise spec_config.DSparkConfigError(
                 f"vllm-dspark mode {s.mode!r} needs a cost table, but '{spec_config.KEY}.cost_table' is not set and "

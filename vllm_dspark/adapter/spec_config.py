@@ -6,7 +6,8 @@ before vLLM sees it; see `patches/patch_engine_args.py`):
     {"method": "dflash", "model": "<drafter dir>", "num_speculative_tokens": 7,
      "draft_sample_method": "probabilistic",
      "dspark": {"mode": "confidence", "sla_tokens_per_user": null, "cost_table": null, "profile": true,
-                "profile_batch_tokens": null, "profile_repeats": 3, "online_refit": true, "save_cost_table": null,
+                "profile_batch_tokens": null, "profile_repeats": 3, "profile_time_budget_s": 60,
+                "online_refit": true, "save_cost_table": null,
                 "cuda_graph_max_batch": 256}}
 
 `method` may be left out when `model` is a local DSpark drafter folder; `num_speculative_tokens` (γ, drafts
@@ -51,6 +52,11 @@ class DSparkServingConfig(BaseModel):
     profile: bool = Field(default=True, description="profile steps/s against batch tokens at engine start")
     profile_batch_tokens: list[int] | None = Field(default=None, description="batch sizes (tokens) to profile")
     profile_repeats: int = Field(default=3, ge=1, le=100)
+    profile_time_budget_s: float = Field(
+        default=60.0, gt=0,
+        description="seconds of dummy steps the start-up profile may spend; batch sizes past it are extrapolated "
+        "linearly from the last two measured (the online refit then corrects them from real steps)",
+    )
     online_refit: bool = Field(default=True, description="refit the cost table from observed step times")
     save_cost_table: str | None = Field(default=None, description="write the profiled table to this JSON path")
     cuda_graph_max_batch: int = Field(

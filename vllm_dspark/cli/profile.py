@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-tokens", type=str, default=None,
                         help="comma-separated B values (default: 1, 2, 4, ... up to what a verify step holds)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per B (median kept)")
+    parser.add_argument("--time-budget-s", type=float, default=900.0,
+                        help="seconds of timed steps at most; larger B are extrapolated and marked in the table's "
+                        "meta (a server's own start-up profile defaults to 60 s)")
     parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--dtype", default="auto")
@@ -42,7 +45,8 @@ def _batch_tokens(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from vllm import LLM
 
-    dspark = {"mode": "static", "profile": True, "save_cost_table": str(args.out), "profile_repeats": args.repeats}
+    dspark = {"mode": "static", "profile": True, "save_cost_table": str(args.out), "profile_repeats": args.repeats,
+              "profile_time_budget_s": args.time_budget_s}
     grid = _batch_tokens(args.batch_tokens)
     if grid is not None:
         dspark["profile_batch_tokens"] = grid
@@ -59,5 +63,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'B':>8} {'step ms':>10} {'steps/s':>10}")
     for b, t in zip(table["batch_tokens"], table["step_seconds"]):
         print(f"{b:>8} {t * 1e3:>10.3f} {1.0 / t:>10.1f}")
+    extrapolated = table.get("meta", {}).get("extrapolated_batch_tokens")
+    if extrapolated:
+        print(f"B = {extrapolated} extrapolated, not measured (--time-budget-s {args.time_budget_s:g} reached)")
     print(f"wrote {args.out}")
     return 0

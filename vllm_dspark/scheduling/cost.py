@@ -89,6 +89,13 @@ def _validate_points(batch_tokens: Sequence[float], step_seconds: Sequence[float
     return x.astype(np.int64), y
 
 
+def _line_through_last_two(xs: Sequence[int], ys: Sequence[float], b: int) -> float:
+    """Step seconds at B on the line through the last two (B, seconds) points, never below the last one."""
+    (x0, y0), (x1, y1) = (xs[-2], ys[-2]), (xs[-1], ys[-1])
+    slope = max(0.0, (y1 - y0) / (x1 - x0))
+    return y1 + slope * (b - x1)
+
+
 class CostTable:
     """Step time against verified tokens per step, with online refit from observed steps.
 
@@ -204,28 +211,45 @@ class CostTable:
     # ----- construction and persistence -----
     @classmethod
     def from_profile(cls, measure: Callable[[int], float], batch_tokens: Sequence[int], repeats: int = 5,
-                     warmup: int = 1, device: str = "", meta: dict[str, Any] | None = None, **kwargs) -> "CostTable":
+                     warmup: int = 1, device: str = "", meta: dict[str, Any] | None = None,
+                     time_budget_s: float | None = None, **kwargs) -> "CostTable":
         """Build a table by calling `measure(B) -> seconds of one step` (e.g. a dummy engine step).
 
         Each B is measured `warmup + repeats` times; the median of the last `repeats` is kept. Medians are then
         projected onto non-decreasing step times (noise or padding can make a larger B measure faster); the raw
         medians are kept in meta["raw_step_seconds"].
+
+        `time_budget_s` bounds the seconds spent in `measure` (a slow engine would otherwise profile for many
+        minutes at its largest B): once the next B's calls, predicted by the line through the last two measured
+        points, would overrun it, that B and the larger ones are extrapolated on that line instead of measured
+        (at least two points are always measured); meta["extrapolated_batch_tokens"] lists them.
         """
         if repeats < 1 or warmup < 0:
             raise ValueError(f"from_profile: need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
         xs = [int(b) for b in batch_tokens]
         if len(xs) < 2 or any(b2 <= b1 for b1, b2 in zip(xs, xs[1:])) or xs[0] < 1:
             raise ValueError(f"from_profile: batch_tokens must be >= 2 strictly increasing integers >= 1, got {xs}")
-        raw = []
+        if time_budget_s is not None and not time_budget_s > 0:
+            raise ValueError(f"from_profile: time_budget_s must be > 0, got {time_budget_s}")
+        raw: list[float] = []
+        spent = 0.0
         for b in xs:
-            for _ in range(warmup):
-                measure(b)
-            samples = [float(measure(b)) for _ in range(repeats)]
+            if time_budget_s is not None and len(raw) >= 2:
+                predicted = _line_through_last_two(xs[:len(raw)], raw, b)
+                if spent + (warmup + repeats) * predicted > time_budget_s:
+                    break
+            calls = [float(measure(b)) for _ in range(warmup + repeats)]
+            spent += sum(calls)
+            samples = calls[warmup:]
             if not all(math.isfinite(s) and s > 0 for s in samples):
                 raise ValueError(f"from_profile: measure({b}) returned non-positive or non-finite times {samples}")
             raw.append(float(np.median(samples)))
-        smooth = _isotonic_non_decreasing(np.asarray(raw), np.ones(len(raw)))
+        measured = len(raw)
+        curve = raw + [_line_through_last_two(xs[:measured], raw, b) for b in xs[measured:]]
+        smooth = _isotonic_non_decreasing(np.asarray(curve), np.ones(len(curve)))
         full_meta = {"repeats": repeats, "warmup": warmup, "raw_step_seconds": raw, **(meta or {})}
+        if measured < len(xs):
+            full_meta["extrapolated_batch_tokens"] = xs[measured:]
         return cls(xs, smooth, device=device, meta=full_meta, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
