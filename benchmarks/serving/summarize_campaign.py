@@ -133,6 +133,8 @@ def summarize(doc: dict, slas: list[float], reference: str, static: list[str], d
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("")
 
+    out += greedy_identity(doc, runs, reference)
+
     # Targets.
     out.append("Targets (first SLA anchor = the moderate one):")
     out.append("")
@@ -160,6 +162,29 @@ def summarize(doc: dict, slas: list[float], reference: str, static: list[str], d
                          for c in pts if c in npts), default=(None, None))
             out.append(f"- {label}: T4 ≥ {nat} at every concurrency (worst c={worst[1]}): " + _verdict(worst[0], 1.0))
     return "\n".join(out) + "\n"
+
+
+def greedy_identity(doc: dict, runs: dict[str, dict], reference: str) -> list[str]:
+    """At T = 0, every config's outputs against the reference's: same prompt, same concurrency, same text digest."""
+    if doc.get("settings", {}).get("temperature") != 0:
+        return []
+    lines = ["Greedy outputs against the reference's (same prompt and concurrency; the bench's per-request text "
+             "digests):", ""]
+    ref = {(c, q["prompt_index"]): q.get("output_sha256")
+           for c, p in by_concurrency(runs[reference]).items() for q in p["requests"]}
+    for label, run in runs.items():
+        if label == reference:
+            continue
+        pairs = [(q.get("output_sha256"), ref.get((c, q["prompt_index"])))
+                 for c, p in by_concurrency(run).items() for q in p["requests"]]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            lines.append(f"- {label}: not compared (no digests: results from before output_sha256, or failed)")
+            continue
+        same = sum(a == b for a, b in pairs)
+        verdict = "identical" if same == len(pairs) else "DIFFERENT"
+        lines.append(f"- {label}: {same}/{len(pairs)} requests identical to {reference}: {verdict}")
+    return lines + [""]
 
 
 def _verdict(value, target: float, why_none: str = "no readout") -> str:

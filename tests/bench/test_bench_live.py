@@ -132,6 +132,14 @@ def test_token_counts_match_the_server_count(sweep):
     assert max(r["max_tokens_per_chunk"] for p in doc["runs"][0]["points"] for r in p["requests"]) > 1
 
 
+def test_greedy_output_digests_repeat_across_loads(sweep):
+    """T = 0: each prompt's text digest is the same at concurrency 1 and 4, and the prompts' digests differ."""
+    _, doc, _ = sweep
+    c1, c4 = ({r["prompt_index"]: r["output_sha256"] for r in p["requests"]} for p in doc["runs"][0]["points"])
+    assert c1 == c4 and len(c1) == NUM_PROMPTS
+    assert len(set(c1.values())) == NUM_PROMPTS and all(len(d) == 16 for d in c1.values())
+
+
 def test_throughput_and_per_user_speed_are_plausible(sweep):
     _, doc, _ = sweep
     for point in doc["runs"][0]["points"]:

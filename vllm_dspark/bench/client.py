@@ -14,6 +14,7 @@ chunks at once and per-user speeds come out too high: give the client a core of 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class RequestResult:
     end_s: float | None = None  # stream closed, seconds after start
     token_count_source: str = "chunks"
     error: str | None = None
+    text_parts: list[str] = field(default_factory=list)  # the streamed text, for `output_sha256`
 
     @property
     def ok(self) -> bool:
@@ -116,6 +118,8 @@ class RequestResult:
             "tpot_s": time_per_output_token(self.ttft_s, self.latency_s, self.output_tokens),
             "finish_reason": self.finish_reason,
             "token_count_source": self.token_count_source,
+            # What was generated, as a digest: comparing configs at T = 0 checks losslessness in the same run.
+            "output_sha256": hashlib.sha256("".join(self.text_parts).encode()).hexdigest()[:16] if self.ok else None,
         }
         if keep_chunks:
             out["chunk_times_s"] = list(self.chunk_times)
@@ -166,13 +170,15 @@ async def stream_request(
                     continue
                 choice = choices[0]
                 result.finish_reason = choice.get("finish_reason") or result.finish_reason
+                text = _chunk_text(choice, settings.endpoint)
+                result.text_parts.append(text)
                 if usage and usage.get("completion_tokens") is not None:
                     result.token_count_source = "continuous_usage"
                     n = usage["completion_tokens"] - cumulative
                     cumulative = usage["completion_tokens"]
                     result.prompt_tokens = usage.get("prompt_tokens", result.prompt_tokens)
                 else:
-                    n = 1 if _chunk_text(choice, settings.endpoint) else 0
+                    n = 1 if text else 0
                 if n > 0:
                     result.chunk_times.append(now)
                     result.chunk_tokens.append(n)

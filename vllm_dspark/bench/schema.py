@@ -35,6 +35,7 @@ Speeds are tok/s per user, throughputs tok/s, times seconds; None (JSON null) ma
             errors: [str], requests: [request]}
     request: {prompt_index, ok, error, start_s, ttft_s, latency_s, prompt_tokens, output_tokens, num_chunks,
               max_tokens_per_chunk, per_user_speed, tpot_s, finish_reason, token_count_source,
+              output_sha256,                               first 16 hex of the generated text's SHA-256 (null if failed)
               [chunk_times_s, chunk_tokens]}              token timestamps; not with --no-chunk-times
 """
 from __future__ import annotations
@@ -57,6 +58,7 @@ _request = {
         "output_tokens": {"type": "integer", "minimum": 0},
         "per_user_speed": _num,
         "token_count_source": {"enum": ["continuous_usage", "chunks+usage", "chunks"]},
+        "output_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$"},
     },
 }
 
