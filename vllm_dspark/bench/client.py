@@ -14,6 +14,7 @@ chunks at once and per-user speeds come out too high: give the client a core of 
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -127,6 +128,18 @@ class RequestResult:
         return out
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation (Ctrl-C: asyncio.run cancels the main task) that aiohttp turned into a client error.
+
+    Cancelled mid-read or mid-connect, aiohttp can surface the cancellation as a ClientError / OSError; caught as a
+    failed request, the cancellation would be lost and the sweep would carry on as if Ctrl-C had not been pressed.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
 def _chunk_text(choice: dict, endpoint: str) -> str:
     if endpoint == "chat":
         return (choice.get("delta") or {}).get("content") or ""
@@ -184,6 +197,7 @@ async def stream_request(
                     result.chunk_tokens.append(n)
             result.end_s = time.perf_counter() - result.start
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:  # ValueError: bad JSON / UTF-8 / line
+        raise_if_cancelling()
         result.error = f"{type(e).__name__}: {e}"
         return result
     if not done and result.finish_reason is None:

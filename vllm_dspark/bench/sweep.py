@@ -97,6 +97,7 @@ async def _scrape(session: aiohttp.ClientSession, base_url: str, prefixes: Seque
                 return None
             return metrics_scrape.parse_metrics(await resp.text(), prefixes)
     except (aiohttp.ClientError, OSError, TimeoutError):
+        raise_if_cancelling()
         return None
 
 
@@ -154,6 +155,7 @@ async def _run_point(base_url, settings, prompts, load, options, on_done, server
                     async with session.get(base_url.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT) as resp:
                         healthy = resp.status == 200
                 except (aiohttp.ClientError, OSError, TimeoutError):
+                    raise_if_cancelling()
                     healthy = False
             if not healthy:
                 raise ServerDied(f"server died or stopped answering during point {load.name}: "
