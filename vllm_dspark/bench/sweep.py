@@ -20,7 +20,7 @@ import httpx
 from tqdm import tqdm
 
 from vllm_dspark.bench import metrics_scrape
-from vllm_dspark.bench.client import RequestResult, SamplingSettings, stream_request
+from vllm_dspark.bench.client import RequestResult, SamplingSettings, raise_if_cancelling, stream_request
 from vllm_dspark.bench.prompts import Prompt
 from vllm_dspark.bench.server import ServerError
 from vllm_dspark.bench.stats import summarize_point
