@@ -220,7 +220,10 @@ def test_ctrl_c_keeps_finished_points(server, tmp_path):
     cmd = [sys.executable, "-m", "vllm_dspark", "bench", "--url", server.url, "--concurrency", "2", "1",
            "--num-prompts", "8", "--max-tokens", "32", "--warmup", "0", "--no-progress", "--no-plots",
            "--out-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A background job of a non-interactive shell (`pytest ... &`) starts with SIGINT ignored, and Python then keeps
+    # it ignored, as would the child: give the child the default disposition, so it sees Ctrl-C as a user would.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = tmp_path / "results.json"
     try:
         deadline = time.monotonic() + 120
