@@ -19,7 +19,8 @@
 #                               num_speculative_tokens_per_batch_size, async scheduling kept), the schedule
 #                               `vllm-dspark schedule` picks from this engine's profiled cost table and the drafter's
 #                               T = 0 acceptance (EVAL, default $DRAFTERS/eval/eval_dspark_T0.json from the recipe's
-#                               eval step; without that file the config is left out, printed)
+#                               eval step; without that file the config is left out, printed); that cost table is
+#                               also dspark-confidence's and dspark-sla's (else they profile at their own start)
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
 # Overridable: TARGET (the small target), DRAFTERS (its drafters: folder with dspark/ dflash/ eagle3/; default
@@ -92,22 +93,26 @@ if have dspark; then
     CONFIGS+=(--config "dspark-static-g$g=$(spec dflash "$SERVED_DRAFTERS/dspark" "$g" '{"mode": "static"}')")
     STATIC+=("dspark-static-g$g")
   done
-  CONFIGS+=(--config "dspark-confidence=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" '{"mode": "confidence"}')")
-  CONFIGS+=(--config "dspark-sla=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
-    "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR}")")
-  DSPARK+=(dspark-confidence dspark-sla)
+  # dspark-dynamic's profile (when the drafter's eval is there) also serves confidence / sla: one cost table for
+  # every DSpark config, and no start-up profile per server.
+  TABLE=""
   EVAL=${EVAL:-$DRAFTERS/eval/eval_dspark_T0.json}
-  if [ -s "$EVAL" ]; then
-    MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
-    if SCHEDULE=$(batch_schedule "$SERVED_DRAFTERS/dspark" "$EVAL" "$GAMMA" "$MAX_BATCH" "$OUT"); then
-      CONFIGS+=(--config "dspark-dynamic=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" '{"mode": "static"}' \
-        "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")")
-      DSPARK+=(dspark-dynamic)
-    else
-      echo "FAILED profile / schedule for dspark-dynamic (see above): left out" | tee -a "$OUT/machine.txt"
-    fi
-  else
+  if [ ! -s "$EVAL" ]; then
     echo "MISSING $EVAL (the recipe's eval of the DSpark drafter): dspark-dynamic left out" | tee -a "$OUT/machine.txt"
+  elif SCHEDULE=$(batch_schedule "$SERVED_DRAFTERS/dspark" "$EVAL" "$GAMMA" "$OUT"); then
+    TABLE=", \"cost_table\": \"$(cd "$OUT" && pwd)/cost_table.json\""
+  else
+    echo "FAILED profile / schedule for dspark-dynamic (see above): left out" | tee -a "$OUT/machine.txt"
+  fi
+  CONFIGS+=(--config "dspark-confidence=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
+    "{\"mode\": \"confidence\"$TABLE}")")
+  CONFIGS+=(--config "dspark-sla=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
+    "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR$TABLE}")")
+  DSPARK+=(dspark-confidence dspark-sla)
+  if [ -n "$TABLE" ]; then
+    CONFIGS+=(--config "dspark-dynamic=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
+      "{\"mode\": \"static\"$TABLE}" "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")")
+    DSPARK+=(dspark-dynamic)
   fi
   # STS temperatures calibrated on the small pair carry over: the inflated drafter's confidences are the same.
   grep -q sts_temperatures "$DRAFTERS/dspark/config.json" \

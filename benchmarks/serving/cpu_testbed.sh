@@ -30,7 +30,8 @@ cpu_line() {
   local isa
   isa=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' \
     | tr '\n' ' ') || true
-  echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); ISA: ${isa:-none of avx2/avx512}"
+  echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//');" \
+    "ISA: ${isa:-none of avx2/avx512}"
   if [ "$INFLATE" != 0 ] && ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
     echo "NOTE: no native bf16 on this CPU (avx512_bf16 / amx_bf16): the inflated target is compute-bound" \
       "here, so verifying drafts costs about as much as generating the tokens"
@@ -51,16 +52,18 @@ use_testbed() {
   TARGET=$(cd "$TESTBED/target" && pwd)
 }
 
-# batch_schedule DRAFTER EVAL GAMMA MAX_BATCH OUT_DIR: profile the served engine with DRAFTER (`vllm-dspark profile`,
-# OUT_DIR/cost_table.json), pick γ for 1..MAX_BATCH running requests from that table and the drafter's measured
-# T = 0 acceptance per position (`vllm-dspark schedule --eval EVAL`, OUT_DIR/schedule.json) and print the schedule as
-# the JSON value of `num_speculative_tokens_per_batch_size`.
+# batch_schedule DRAFTER EVAL GAMMA OUT_DIR: profile the served engine with DRAFTER (`vllm-dspark profile`,
+# OUT_DIR/cost_table.json) for up to the largest of CONCURRENCY requests, pick γ for each number of running requests
+# from that table and the drafter's measured T = 0 acceptance per position (`vllm-dspark schedule --eval EVAL`,
+# OUT_DIR/schedule.json) and print the schedule as the JSON value of `num_speculative_tokens_per_batch_size`.
 batch_schedule() {
+  local max_batch
+  max_batch=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
   # shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
   VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$1" \
-    --out "$5/cost_table.json" --num-speculative-tokens "$3" $ENGINE_ARGS --max-num-seqs "$4" >&2 || return
-  $PYTHON -m vllm_dspark schedule --cost-table "$5/cost_table.json" --eval "$2" --gamma "$3" --max-batch "$4" \
-    --json "$5/schedule.json" >&2 || return
+    --out "$4/cost_table.json" --num-speculative-tokens "$3" $ENGINE_ARGS --max-num-seqs "$max_batch" >&2 || return
+  $PYTHON -m vllm_dspark schedule --cost-table "$4/cost_table.json" --eval "$2" --gamma "$3" \
+    --max-batch "$max_batch" --json "$4/schedule.json" >&2 || return
   $PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" \
-    "$5/schedule.json"
+    "$4/schedule.json"
 }

@@ -34,14 +34,13 @@ CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
 MAX_TOKENS=${MAX_TOKENS:-64}
 GAMMA=${GAMMA:-7}
-MAX_BATCH=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
 mkdir -p "$OUT"
 { echo "start $(date -u +%FT%TZ): $(uptime)"; cpu_line
   echo "INFLATE=$INFLATE; small target $TARGET, drafter $DRAFTER, eval $EVAL"; } | tee "$OUT/machine.txt"
 use_testbed "$DRAFTER"  # from here on TARGET and DRAFTER are what is served (and profiled)
 [ "$INFLATE" = 0 ] || DRAFTER=$(cd "$TESTBED/drafters/$(basename "$DRAFTER")" && pwd)
 
-SCHEDULE=$(batch_schedule "$DRAFTER" "$EVAL" "$GAMMA" "$MAX_BATCH" "$OUT")
+SCHEDULE=$(batch_schedule "$DRAFTER" "$EVAL" "$GAMMA" "$OUT")
 
 spec() {  # spec GAMMA DSPARK_JSON [EXTRA_JSON]: a --config value with the JSON speculative config
   echo "--speculative-config '{\"method\": \"dflash\", \"model\": \"$DRAFTER\", \"num_speculative_tokens\": $1, \"dspark\": $2${3:+, $3}}'"
