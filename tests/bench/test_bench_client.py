@@ -1,4 +1,4 @@
-"""The bench client under Ctrl-C: a cancellation that aiohttp reports as a client error still cancels the sweep."""
+"""The bench client under Ctrl-C: a cancellation that arrives as a client error still cancels the sweep."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +11,7 @@ from vllm_dspark.bench.prompts import Prompt
 
 
 class _CancelledAsClientError:
-    """A session whose request waits, and turns its cancellation into a ClientConnectionError (as aiohttp can)."""
+    """A session whose request waits, and turns its cancellation into a ClientConnectionError."""
 
     def post(self, url, json):
         return self
@@ -33,7 +33,8 @@ class _FailingSession(_CancelledAsClientError):
 
 def _run(session, cancel: bool):
     async def main():
-        task = asyncio.create_task(stream_request(session, "http://x", SamplingSettings(model="m", max_tokens=4), Prompt(index=0, text="a")))
+        settings = SamplingSettings(model="m", max_tokens=4)
+        task = asyncio.create_task(stream_request(session, "http://x", settings, Prompt(index=0, text="a")))
         await asyncio.sleep(0.01)
         if cancel:
             task.cancel()

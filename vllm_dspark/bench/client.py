@@ -129,10 +129,10 @@ class RequestResult:
 
 
 def raise_if_cancelling() -> None:
-    """Re-raise a cancellation (Ctrl-C: asyncio.run cancels the main task) that aiohttp turned into a client error.
+    """Re-raise a cancellation (Ctrl-C: asyncio.run cancels the main task) that arrived as a client error.
 
-    Cancelled mid-read or mid-connect, aiohttp can surface the cancellation as a ClientError / OSError; caught as a
-    failed request, the cancellation would be lost and the sweep would carry on as if Ctrl-C had not been pressed.
+    Defensive: should a cancellation surface as a ClientError / OSError (a transport that wraps it; not observed with
+    aiohttp here), catching it as a failed request would lose it and the sweep would carry on after Ctrl-C.
     """
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
