@@ -76,3 +76,30 @@ def test_observed_steps_refit_the_table_and_gaps_are_dropped():
     assert policy.stats.observations == 30 and policy.stats.rejected_observations == 1
     off = VerifyLengthPolicy("confidence", GAMMA, linear_table(), online_refit=False)
     assert not off.observe_step(8, 0.02)
+
+
+def test_draft_cost_is_part_of_the_step():
+    """The lengths maximise tokens per *engine step*, and a step pays for its draft round too. R = 16, c = 0.5,
+    verification 10 ms + 1 ms per token. No round: 16 / 26 ms beats 24 / 42 ms (all first drafts), so none.
+    A 40 ms round: 16 / 66 < 24 / 82 = 0.2927 > 24.25 / 83 (one second draft), so the first drafts only.
+    A 200 ms round: 24 / 242 < 28 / 258 < 30 / 274 = 0.10949 > 30.0625 / 275, so three."""
+    conf = np.full((16, GAMMA), 0.5)
+    policy = VerifyLengthPolicy("confidence", GAMMA, linear_table(), draft_memory=1)
+    assert policy.lengths(conf).tolist() == [0] * 16
+    policy.observe_draft(16, 0.040)
+    assert policy.lengths(conf).tolist() == [1] * 16
+    policy.observe_draft(16, 0.200)  # memory 1: the last round only
+    assert policy.draft_seconds(16) == pytest.approx(0.200)
+    assert policy.lengths(conf).tolist() == [3] * 16
+
+
+def test_draft_seconds_per_load():
+    policy = VerifyLengthPolicy("confidence", GAMMA, linear_table(), draft_memory=4)
+    assert policy.draft_seconds(3) == 0.0  # nothing measured: the table alone
+    for s in (0.010, 0.012, 0.011):
+        policy.observe_draft(1, s)
+    assert policy.draft_seconds(1) == pytest.approx(np.average([0.010, 0.012, 0.011], weights=[0.75**2, 0.75, 1]))
+    assert policy.draft_seconds(4) == pytest.approx(4 * policy.draft_seconds(1))  # nearest load, scaled up
+    policy.observe_draft(4, 0.020)
+    assert policy.draft_seconds(3) == pytest.approx(0.020)  # 3 and 4 share a bucket
+    assert policy.draft_seconds(2) == pytest.approx(0.020)  # 1 and 4 equally near: the larger, never scaled down

@@ -44,3 +44,62 @@ def test_profile_steps_stops_at_its_time_budget(monkeypatch):
     table = profile.profile_steps(run_step, [1, 2, 4], repeats=3, time_budget_s=2.5)
     assert sorted(set(calls)) == [1, 2] and table.meta["extrapolated_batch_tokens"] == [4]
     assert table.step_seconds.tolist() == pytest.approx([0.1, 0.2, 0.4])
+
+
+class _FakeDrafter:
+    def __init__(self):
+        self.target_only = False
+
+    def target_only_dummy_runs(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self.target_only = True
+            try:
+                yield
+            finally:
+                self.target_only = False
+
+        return ctx()
+
+
+class _FakeRunner:
+    """Records what the profile asks of vLLM's dummy step (the 0.32 signature) and of the LM head."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.drafter = _FakeDrafter()
+        self.calls, self.logit_rows = [], []
+        self.model = self
+
+    def _dummy_run(self, num_tokens, cudagraph_runtime_mode=None, force_attention=False, uniform_decode=False,
+                   allow_microbatching=True, skip_eplb=False, is_profile=False, profile_seq_lens=None):
+        self.calls.append((num_tokens, force_attention, uniform_decode, profile_seq_lens, self.drafter.target_only))
+        pad = -(-num_tokens // 8) * 8  # vLLM pads the batch; the LM head must see the B real rows only
+        return self.torch.zeros(pad, 4), self.torch.zeros(pad, 4)
+
+    def compute_logits(self, hidden):
+        self.logit_rows.append(hidden.shape[0])
+
+
+def test_verification_step_profiles_the_target_on_verification_shapes():
+    runner = _FakeRunner()
+    step = profile.verification_step(runner, gamma=3, context_len=256)
+    for b in (1, 3, 4, 16):
+        step(b)
+    # B >= 1 + γ: uniform decode batches (requests of 1 + γ tokens); attention forced on, contexts of 256 tokens,
+    # the drafter left out; the LM head on exactly B rows
+    assert runner.calls == [(1, True, False, 256, True), (3, True, False, 256, True), (4, True, True, 256, True),
+                            (16, True, True, 256, True)]
+    assert runner.logit_rows == [1, 3, 4, 16]
+    assert runner.drafter.target_only is False
+
+
+def test_verification_step_needs_the_dspark_proposer():
+    runner = _FakeRunner()
+    runner.drafter = object()
+    with pytest.raises(RuntimeError, match="not DSpark's proposer"):
+        profile.verification_step(runner, gamma=3, context_len=None)

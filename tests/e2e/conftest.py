@@ -48,8 +48,9 @@ def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> 
 
 
 class ServerPool:
-    """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, draft dump); sla (cost table
-    profiled at start and refit online); dynamic (static under vLLM's dynamic speculative decoding)."""
+    """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, no draft gate: the lengths
+    are the policy's alone; draft dump); sla (cost table profiled at start and refit online, draft gate on, as
+    served by default); dynamic (static under vLLM's dynamic speculative decoding)."""
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
@@ -61,7 +62,7 @@ class ServerPool:
             "plain": Server("plain", common, {}, workdir / "plain.log"),
             "static": Server("static", common + _speculative("static", drafter), {}, workdir / "static.log"),
             "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
-                                                                           online_refit=False),
+                                                                           online_refit=False, draft_gate=False),
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
             "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
                           workdir / "sla.log"),

@@ -83,12 +83,18 @@ def position_pvalues(a: list[list[int]], b: list[list[int]]) -> list[float]:
     return pvalues
 
 
-def test_t1_sampling_matches_plain(servers, e2e_prompts):
+@pytest.mark.parametrize("mode", ["confidence", "sla"])
+def test_t1_sampling_matches_plain(servers, e2e_prompts, mode):
+    """"sla" runs with the draft gate, so its samples mix rounds with drafts and rounds without."""
     prompt = e2e_prompts[0][-200:]
     plain = plain_samples(servers, prompt)
-    spec, accepted = accepted_drafts(servers.get("confidence"), lambda: sample(servers.get("confidence"), prompt))
+    server = servers.get(mode)
+    off_before = server.metrics()["dspark:draft_off_steps_total"]
+    spec, accepted = accepted_drafts(server, lambda: sample(server, prompt))
     assert len(plain) == len(spec) == SAMPLES
     assert accepted > 0, "no draft was accepted at T = 1: the test would not exercise speculative sampling"
+    if mode == "sla":
+        assert server.metrics()["dspark:draft_off_steps_total"] > off_before, "the gate never left drafting off"
     pvalues = position_pvalues(plain, spec)
     assert min(pvalues) > 1e-3, f"per-position χ² p-values {pvalues}"
 

@@ -67,6 +67,12 @@ def test_acceptance_and_verify_metrics(servers, e2e_prompts, plain_greedy, mode)
     else:
         assert decisions > 0
         assert fallbacks <= decisions if mode == "sla" else fallbacks == 0
+    # The draft gate (sla server only) explores both states at every load it sees, so some rounds draft nothing.
+    off, probes = m["dspark:draft_off_steps_total"], m["dspark:draft_probe_steps_total"]
+    if mode == "sla":
+        assert off > 0 and probes > 0, f"draft gate: {off} rounds without drafts, {probes} probes"
+    else:
+        assert off == probes == 0, f"mode {mode} has no draft gate, yet {off} rounds went without drafts"
 
 
 @pytest.mark.parametrize("mode", MODES)

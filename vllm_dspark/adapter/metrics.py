@@ -22,6 +22,9 @@ and, from counters the worker keeps (shared_counters.py; vLLM's stats cannot car
                                                because the capture failed
     dspark:draft_eager_fallbacks_total{engine} draft rounds run eagerly although a capture was attempted (batch
                                                above the captured sizes, another γ, or a failed capture)
+    dspark:draft_off_steps_total{engine}       rounds the draft gate left without drafts: drafting did not pay at
+                                               that load (confidence, sla; probes of the other state included)
+    dspark:draft_probe_steps_total{engine}     rounds that sampled the gate's state not in use, to keep measuring it
 Requests whose length was 0 in a step are not rounds (vLLM counts a draft only when one was scheduled);
 verified_tokens / request_steps is the mean length over all running request-steps instead.
 
@@ -41,7 +44,8 @@ from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
 
 # worker counter -> metric key in _metrics(); counters become Prometheus counters, the rest gauges
 _WORKER_COUNTERS = {"length_decisions": "decisions", "sla_fallbacks": "sla_fallbacks",
-                    "draft_eager_fallbacks": "eager_fallbacks"}
+                    "draft_eager_fallbacks": "eager_fallbacks", "draft_off_steps": "off_steps",
+                    "draft_probe_steps": "probe_steps"}
 _WORKER_GAUGES = {"draft_cuda_graphs": "cuda_graphs"}
 
 
@@ -66,6 +70,10 @@ def _metrics() -> dict:
         "cuda_graphs": Gauge("dspark:draft_cuda_graphs", "1 while the draft round replays CUDA graphs", ["engine"]),
         "eager_fallbacks": Counter("dspark:draft_eager_fallbacks", "Draft rounds run eagerly although a CUDA-graph "
                                    "capture was attempted", ["engine"]),
+        "off_steps": Counter("dspark:draft_off_steps", "Draft rounds skipped by the draft gate (drafting did not "
+                             "pay at that load)", ["engine"]),
+        "probe_steps": Counter("dspark:draft_probe_steps", "Rounds that sampled the draft gate's state not in use",
+                               ["engine"]),
     }
 
 

@@ -8,9 +8,14 @@ from observed step times, and counters for logging. Under async scheduling too, 
 the drafts being verified (they are drafted one step before), never stale ones.
 
 Step-time observations: the proposer reports (tokens the target processed this step, seconds since the previous
-step's report). Gaps (an idle engine) would poison the table, so an observation is kept only when its ratio to the
-table's prediction is at most `max_ratio` times the median ratio of the recently kept ones (before 8 are kept:
-at most `max_ratio` × 2.5, which still lets a table profiled on a faster or slower path converge).
+step's report minus the draft round's own time, so the table stays a curve of verification cost). Gaps (an idle
+engine) would poison the table, so an observation is kept only when its ratio to the table's prediction is at most
+`max_ratio` times the median ratio of the recently kept ones (before 8 are kept: at most `max_ratio` × 2.5, which
+still lets a table profiled on a faster or slower path converge).
+
+The draft round's time is measured every round and kept per load (`draft_seconds`); the lengths are chosen on the
+cost of a whole engine step, verification (the table) plus that round, since the step period includes both. Whether
+to draft at all at the current load is the `gate`'s decision (scheduling/gate.py; modes confidence and sla).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 
 from vllm_dspark.scheduling.admission import verify_lengths
 from vllm_dspark.scheduling.cost import CostTable
+from vllm_dspark.scheduling.gate import DraftGate, load_bucket
 
 
 @dataclass
@@ -34,12 +40,25 @@ class PolicyStats:
     observations: int = 0  # step times used for refit
     rejected_observations: int = 0
     last_mode: str = ""
+    draft_rounds: int = 0  # draft rounds timed
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
+
+
+class StepCost:
+    """Cost of one engine step at B verified tokens: the table's verification time plus a fixed draft-round time
+    (the duck type `verify_lengths` reads: `step_time(B)`)."""
+
+    def __init__(self, table: CostTable, draft_seconds: float):
+        self.table, self.draft_seconds = table, float(draft_seconds)
+
+    def step_time(self, batch_tokens):
+        return self.table.step_time(batch_tokens) + self.draft_seconds
 
 
 class VerifyLengthPolicy:
     def __init__(self, mode: str, gamma: int, table: CostTable | None = None, *,
-                 sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0):
+                 sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0,
+                 gate: DraftGate | None = None, draft_memory: float = 32.0):
         if mode not in ("static", "confidence", "sla"):
             raise ValueError(f"mode must be static, confidence or sla, got {mode!r}")
         if mode == "sla" and sla_tokens_per_user is None:
@@ -51,11 +70,10 @@ class VerifyLengthPolicy:
         self.online_refit = online_refit
         self.max_ratio = max_ratio
         self.stats = PolicyStats()
+        self.gate = gate if mode != "static" else None  # static verifies (so drafts) everything
+        self._draft_decay = 1.0 - 1.0 / draft_memory
+        self._draft_seconds: dict[int, tuple[float, float]] = {}  # load bucket -> forgotten sums (seconds, rounds)
         self.on_decision: Callable[[PolicyStats], None] | None = None  # called after each `lengths` (metrics)
-
-    @property
-    def ready(self) -> bool:
-        return self.mode == "static" or self.table is not None
 
     def lengths(self, confidence: np.ndarray, max_len: np.ndarray | None = None) -> np.ndarray:
         """confidence [R, γ] calibrated, max_len [R] (default γ) -> lengths [R] int64 (a prefix of each draft)."""
@@ -67,7 +85,8 @@ class VerifyLengthPolicy:
         elif self.table is None:
             raise RuntimeError(f"mode {self.mode!r} has no cost table yet (profiling did not run)")
         else:
-            adm = verify_lengths(np.clip(conf, 0.0, 1.0), max_len, self.table, self.mode, self.sla_tokens_per_user)
+            cost = StepCost(self.table, self.draft_seconds(num_req))
+            adm = verify_lengths(np.clip(conf, 0.0, 1.0), max_len, cost, self.mode, self.sla_tokens_per_user)
             out, used = adm.lengths, adm.mode
         self.stats.steps += 1
         self.stats.requests += num_req
@@ -93,3 +112,26 @@ class VerifyLengthPolicy:
         else:
             self.stats.rejected_observations += 1
         return keep
+
+    def observe_draft(self, num_requests: int, seconds: float) -> None:
+        """One draft round's measured time at this load (requests drafted)."""
+        if num_requests < 1 or not seconds >= 0:
+            return
+        key = load_bucket(num_requests)
+        total, n = self._draft_seconds.get(key, (0.0, 0.0))
+        self._draft_seconds[key] = (total * self._draft_decay + seconds, n * self._draft_decay + 1.0)
+        self.stats.draft_rounds += 1
+
+    def draft_seconds(self, num_requests: int) -> float:
+        """Measured draft-round time at this load: its bucket's mean, else the nearest measured bucket's (the larger
+        of two equally near), scaled up by the load ratio when that bucket is smaller (draft cost grows at most
+        linearly in requests), else 0 (nothing measured yet)."""
+        if not self._draft_seconds:
+            return 0.0
+        key = load_bucket(num_requests)
+        if key in self._draft_seconds:
+            total, n = self._draft_seconds[key]
+            return total / n
+        near = min(self._draft_seconds, key=lambda k: (abs(k.bit_length() - key.bit_length()), -k))  # ties: larger
+        total, n = self._draft_seconds[near]
+        return total / n * (key / near if key > near else 1.0)

@@ -16,11 +16,16 @@ bookkeeping, is inherited):
   copied to the host without blocking and kept for the next step, where the runner patch
   (patches/patch_runner_trim) asks `verify_lengths` for this step's lengths (`VerifyLengthPolicy`, once per
   step for the batch) and trims each request's scheduled drafts to that prefix before the target runs.
+- Drafting off. In those modes a gate (`vllm_dspark.scheduling.gate.DraftGate`) measures the engine's tokens/s
+  with and without drafting at each load and skips the draft round where it does not pay: the round then only
+  stores the new context K/V (so the drafter's cache stays whole for later rounds), hands vLLM placeholder drafts
+  of the usual shape (async scheduling), and the runner patch verifies none of them.
 The symbol `DFlashProposer` of vLLM's V1 runner module is replaced by this class (patches/patch_dflash_proposer),
 so a non-DSpark DFlash drafter must behave exactly like the parent: every override checks `self.is_dspark`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -38,10 +43,13 @@ from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
 from vllm_dspark.config import DrafterMismatchError, DSparkConfig
 from vllm_dspark.kernels.markov_step import block_backend
 from vllm_dspark.model.heads import calibrated_confidence
+from vllm_dspark.scheduling.cost import step_seconds_numpy
+from vllm_dspark.scheduling.gate import DraftGate
 
 logger = compat.get_logger(__name__)
 
 DUMP_ENV = "VLLM_DSPARK_DEBUG_DUMP"  # path of a JSONL file: one record per request per draft round (tests)
+STEP_TRACE_ENV = "VLLM_DSPARK_STEP_TRACE"  # path of a JSONL file: one record per verification step (cost model)
 
 
 @dataclass
@@ -53,6 +61,7 @@ class PendingConfidences:
     event: object | None  # torch.cuda.Event of the host copy; None on CPU
     dump: list[dict] | None  # debug-dump records of the round, written once the lengths are known
     seeded: frozenset[str] = frozenset()  # seeded requests: verified in full (see verify_lengths)
+    skipped: bool = False  # the round did not draft (gate off): verify none of its placeholders
 
 
 class DSparkProposer(DFlashProposer):
@@ -72,6 +81,7 @@ class DSparkProposer(DFlashProposer):
         self.policy = VerifyLengthPolicy(
             serving.mode, self.num_speculative_tokens, sla_tokens_per_user=serving.sla_tokens_per_user,
             online_refit=serving.online_refit,
+            gate=DraftGate(probe_every=serving.gate_probe_every) if serving.draft_gate else None,
         )
         self._runner = runner
         self._warm_done = False
@@ -89,11 +99,15 @@ class DSparkProposer(DFlashProposer):
         self._conf_host: torch.Tensor | None = None  # pinned host buffer for them (GPU)
         self._conf_event = None
         self._last_step_t: float | None = None
+        self._last_round: tuple[int, bool, float] | None = None  # (requests, drafted, draft seconds; -1: timer's)
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
+        self._trace_path = os.environ.get(STEP_TRACE_ENV) or None
         self._round: DraftRound | None = None
         self._counters = self._shared_counters(vllm_config)
         self.policy.on_decision = lambda _stats: self._publish_counters()
+        self._timer = _RoundTimer(device)
+        self._gate_obs: _GateObservation | None = None  # the last step, for the draft gate
         name, why = block_backend(device)
         logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
 
@@ -129,6 +143,20 @@ class DSparkProposer(DFlashProposer):
                 f"drafter fc takes {width} features, but {len(want)} target layers {cfg.target_layer_ids} of hidden "
                 f"size {target_hidden} give {target_hidden * len(want)}")
 
+    @contextlib.contextmanager
+    def target_only_dummy_runs(self):
+        """Within: the runner's dummy steps leave the drafter out (profiling the target's verification cost)."""
+        self._target_only = True
+        try:
+            yield
+        finally:
+            self._target_only = False
+
+    def dummy_run(self, num_tokens, *args, **kwargs):
+        if getattr(self, "_target_only", False):
+            return None
+        return super().dummy_run(num_tokens, *args, **kwargs)
+
     def on_engine_warm(self, runner) -> None:
         """After warm-up (KV cache and graphs exist): load or profile the cost table (patch_worker_warmup)."""
         if not self.is_dspark or self._warm_done:
@@ -144,7 +172,7 @@ class DSparkProposer(DFlashProposer):
             logger.info("vllm-dspark: cost table loaded from %s: %r", s.cost_table, table)
         elif s.needs_cost_table and s.profile:
             table = profile.profile_runner(runner, self.num_speculative_tokens, s.profile_batch_tokens, s.profile_repeats,
-                                           s.profile_time_budget_s)
+                                           s.profile_time_budget_s, s.profile_context_len)
             logger.info("vllm-dspark: cost table profiled at start: %r", table)
             if table is not None and table.meta.get("extrapolated_batch_tokens"):
                 logger.warning("vllm-dspark: profiling stopped at its %.0f s budget ('%s.profile_time_budget_s'); "
@@ -177,6 +205,8 @@ class DSparkProposer(DFlashProposer):
         stats, rnd = self.policy.stats, self._round
         self._counters.set(
             length_decisions=stats.steps, sla_fallbacks=stats.sla_fallbacks,
+            draft_off_steps=0 if self.policy.gate is None else self.policy.gate.stats.off_steps,
+            draft_probe_steps=0 if self.policy.gate is None else self.policy.gate.stats.probe_steps,
             draft_cuda_graphs=int(rnd is not None and rnd.replays_graphs),
             draft_eager_fallbacks=0 if rnd is None else rnd.eager_fallbacks)
 
@@ -271,13 +301,24 @@ class DSparkProposer(DFlashProposer):
         return out.tokens.reshape(-1), probs
 
     # ------------------------------------------------------------------ one round
-    def propose(self, num_speculative_tokens, *args, **kwargs):
+    def propose(self, num_speculative_tokens, **kwargs):
         if not self.is_dspark:
-            return super().propose(num_speculative_tokens, *args, **kwargs)
-        self._observe_step(kwargs.get("common_attn_metadata"))
+            return super().propose(num_speculative_tokens, **kwargs)
+        cad = kwargs["common_attn_metadata"]
+        self._observe_step(cad, kwargs.get("num_rejected_tokens_gpu"))
         self._conf_logits = self._request_temps = None
         self._pending = None  # confidences of older drafts must never trim these
-        drafts = super().propose(num_speculative_tokens, *args, **kwargs)  # [R, γ]
+        num_req = cad.batch_size()
+        if num_speculative_tokens > 0 and not self._gate_says_draft(num_req, kwargs["sampling_metadata"]):
+            drafts = self._skip_round(num_speculative_tokens, **kwargs)
+            self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None, None,
+                                               skipped=True)
+            self._last_round = (num_req, False, 0.0)
+            return drafts
+        self._timer.start()
+        drafts = super().propose(num_speculative_tokens, **kwargs)  # [R, γ]
+        self._timer.stop()
+        self._last_round = (num_req, True, 0.0 if drafts.shape[1] == 0 else -1.0)
         if drafts.shape[1] == 0:
             return drafts
         records = self._dump_records(drafts) if self._dump_path else None
@@ -287,6 +328,32 @@ class DSparkProposer(DFlashProposer):
             return drafts
         self._pending = self._stash_confidences(drafts.shape[0], records)
         return drafts
+
+    def _gate_says_draft(self, num_req: int, sampling_metadata) -> bool:
+        """The draft gate's decision for this round. Seeded requests always get drafts (verify_lengths verifies
+        theirs in full, so their output must not depend on the load), and so does a batch without a table."""
+        gate = self.policy.gate
+        if gate is None or self.policy.table is None or num_req < 1:
+            return True
+        if any(i < num_req for i in (sampling_metadata.generators or {})):
+            return True
+        draft = gate.should_draft(num_req)
+        self._publish_counters()
+        return draft
+
+    def _skip_round(self, num_speculative_tokens, *, target_token_ids, target_positions, target_hidden_states,
+                    next_token_ids, token_indices_to_sample, common_attn_metadata, num_rejected_tokens_gpu=None,
+                    **_unused) -> torch.Tensor:
+        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none)."""
+        self.num_speculative_tokens = num_speculative_tokens
+        self._last_draft_probs = None
+        hidden = self.model.combine_hidden_states(target_hidden_states)
+        num_query, _, _ = self.set_inputs_first_pass(target_token_ids, next_token_ids, target_positions, hidden,
+                                                     token_indices_to_sample, common_attn_metadata,
+                                                     num_rejected_tokens_gpu)
+        self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
+        num_req = common_attn_metadata.batch_size()
+        return self._anchor_ids[:num_req, None].to(torch.int64).expand(num_req, num_speculative_tokens).contiguous()
 
     def _stash_confidences(self, num_req: int, records: list[dict] | None) -> PendingConfidences:
         """Calibrated confidences [R, γ] to the host without blocking (pinned buffer + event on GPU)."""
@@ -318,9 +385,11 @@ class DSparkProposer(DFlashProposer):
         pending, self._pending = self._pending, None
         if pending is None:
             return {}
+        row_of = {req_id: i for i, req_id in enumerate(pending.req_ids)}
+        if pending.skipped:
+            return {r: 0 for r, toks in scheduled_spec_tokens.items() if toks and r in row_of}
         if pending.event is not None:
             pending.event.synchronize()
-        row_of = {req_id: i for i, req_id in enumerate(pending.req_ids)}
         req_ids = [r for r, toks in scheduled_spec_tokens.items() if toks and r in row_of and r not in pending.seeded]
         lengths: dict[str, int] = {}
         if req_ids and self.policy.table is None:
@@ -348,15 +417,49 @@ class DSparkProposer(DFlashProposer):
             st.steps, st.verified_tokens / max(1, st.requests), self.serving.mode, st.last_mode, st.sla_fallbacks,
             st.observations, st.rejected_observations)
 
-    def _observe_step(self, cad) -> None:
-        """Step period = time between successive proposals; attribute it to this step's target token count."""
+    def _observe_step(self, cad, num_rejected_tokens_gpu) -> None:
+        """Step period = time between successive proposals. It covers the last draft round and this step's
+        verification: the round's own time is the draft cost at its load, the rest is attributed to this step's
+        target token count (cost table), and the tokens generated over the whole period feed the draft gate."""
         now = time.perf_counter()
         last, self._last_step_t = self._last_step_t, now
-        if last is None or cad is None:
+        last_round, self._last_round = self._last_round, None
+        self._flush_gate_observation()
+        if last is None or last_round is None:
             return
-        if cad.max_query_len > self.num_speculative_tokens + 1:  # a prefill chunk: not a verification step
+        num_req, drafted, draft_s = last_round
+        if draft_s < 0:
+            draft_s = self._timer.seconds()
+            self.policy.observe_draft(num_req, draft_s)
+        if cad.max_query_len > self._max_gamma + 1:  # a prefill chunk: not a verification step
             return
-        self.policy.observe_step(int(cad.num_actual_tokens), now - last)
+        period = now - last
+        verify_s = max(period - draft_s, 1e-9)
+        if self._trace_path:
+            self._trace_step(cad, num_req, drafted, draft_s, period, verify_s)
+        self.policy.observe_step(int(cad.num_actual_tokens), verify_s)
+        if self.policy.gate is not None:
+            self._gate_obs = _GateObservation(cad.batch_size(), drafted, int(cad.num_actual_tokens), period,
+                                              num_rejected_tokens_gpu)
+
+    def _trace_step(self, cad, num_req: int, drafted: bool, draft_s: float, period: float, verify_s: float) -> None:
+        """One line per verification step: what the cost model predicted for it before seeing it, and what it took
+        (benchmarks/serving/cost_fit.py reads these)."""
+        table, b = self.policy.table, int(cad.num_actual_tokens)
+        record = {"requests": cad.batch_size(), "drafted_requests": num_req, "drafted": drafted,
+                  "batch_tokens": b, "period_s": period, "draft_s": draft_s, "verify_s": verify_s,
+                  "predicted_verify_s": None if table is None else float(table.step_time(b)),
+                  "prior_verify_s": None if table is None else float(
+                      step_seconds_numpy(b, table.batch_tokens, table.prior_seconds)),
+                  "predicted_draft_s": self.policy.draft_seconds(num_req) if drafted else 0.0}
+        with open(self._trace_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _flush_gate_observation(self) -> None:
+        """Feed the gate the step before this one (its rejected count is read one step late: no host sync)."""
+        obs, self._gate_obs = self._gate_obs, None
+        if obs is not None:
+            self.policy.gate.observe(obs.num_req, obs.drafted, obs.num_tokens - obs.rejected(), obs.seconds)
 
     def _dump_records(self, drafts: torch.Tensor) -> list[dict]:
         runner = self._runner
@@ -388,3 +491,44 @@ class DSparkProposer(DFlashProposer):
         with open(self._dump_path, "a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"])}) + "\n")
+
+
+class _GateObservation:
+    """One verification step for the draft gate; its rejected-token count is copied to the host without blocking
+    and read when the next step starts (by then the step has long finished)."""
+
+    def __init__(self, num_req: int, drafted: bool, num_tokens: int, seconds: float, num_rejected):
+        self.num_req, self.drafted, self.num_tokens, self.seconds = num_req, drafted, num_tokens, seconds
+        self._rejected = None if num_rejected is None else num_rejected.sum().to("cpu", non_blocking=True)
+
+    def rejected(self) -> int:
+        return 0 if self._rejected is None else int(self._rejected)
+
+
+class _RoundTimer:
+    """Wall time of the last draft round: host clock on CPU, CUDA events on a GPU (read one step later, when the
+    round has long finished, so timing never stalls the host while the round runs)."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) \
+            if self._cuda else None
+        self._t0 = self._t1 = 0.0
+
+    def start(self) -> None:
+        if self._cuda:
+            self._events[0].record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._cuda:
+            self._events[1].record()
+        else:
+            self._t1 = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self._cuda:
+            self._events[1].synchronize()
+            return self._events[0].elapsed_time(self._events[1]) / 1e3
+        return self._t1 - self._t0

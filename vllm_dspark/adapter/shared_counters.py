@@ -22,6 +22,8 @@ FIELDS = (
     "sla_fallbacks",  # of those, steps where mode sla could not meet its floor and chose lengths for throughput
     "draft_cuda_graphs",  # 1 while the draft round replays CUDA graphs, else 0
     "draft_eager_fallbacks",  # draft rounds run eagerly although graphs were captured (or their capture failed)
+    "draft_off_steps",  # rounds the draft gate left without drafts (drafting did not pay at that load)
+    "draft_probe_steps",  # rounds that sampled the gate's state not in use (to keep measuring it)
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 

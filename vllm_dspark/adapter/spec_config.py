@@ -52,12 +52,25 @@ class DSparkServingConfig(BaseModel):
     profile: bool = Field(default=True, description="profile steps/s against batch tokens at engine start")
     profile_batch_tokens: list[int] | None = Field(default=None, description="batch sizes (tokens) to profile")
     profile_repeats: int = Field(default=3, ge=1, le=100)
+    profile_context_len: int = Field(
+        default=512, ge=1,
+        description="tokens of context of every sequence in the profiled verification steps (attention cost; "
+        "capped at max_model_len); the online refit corrects the table to the contexts served",
+    )
     profile_time_budget_s: float = Field(
         default=60.0, gt=0,
         description="seconds of dummy steps the start-up profile may spend; batch sizes past it are extrapolated "
         "linearly from the last two measured (the online refit then corrects them from real steps)",
     )
     online_refit: bool = Field(default=True, description="refit the cost table from observed step times")
+    draft_gate: bool = Field(
+        default=True,
+        description="modes confidence / sla: at each load (running requests), measure the engine's tokens/s with "
+        "and without drafting and stop drafting where it does not pay (no draft round, nothing verified but the "
+        "target's own token); the other state is sampled again every gate_probe_every steps",
+    )
+    gate_probe_every: int = Field(default=32, ge=2, le=100000, description="steps between samples of the state "
+                                  "not in use (draft gate)")
     save_cost_table: str | None = Field(default=None, description="write the profiled table to this JSON path")
     cuda_graph_max_batch: int = Field(
         default=256, ge=0, le=4096,

@@ -1,0 +1,108 @@
+"""How well the cost model predicts serving: read a step trace, print a table per load, write JSON (and a plot).
+
+A server started with `VLLM_DSPARK_STEP_TRACE=trace.jsonl` (modes confidence / sla) writes one line per
+verification step: requests, batch tokens, whether its drafts were drafted, the step period, the draft round's
+time, the verification time (period − round), and what the cost table predicted for that verification before
+seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile alone). Per number of running requests
+this prints mean observed and predicted times, the mean absolute prediction error over the first and the last
+half of the steps (the online refit should shrink it), and the draft round's share of the step.
+
+    python benchmarks/serving/cost_fit.py trace.jsonl --json cost_fit.json --plot cost_fit.png
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+from pathlib import Path
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _err(rows: list[dict], key: str) -> float | None:
+    errs = [abs(r[key] / r["verify_s"] - 1) for r in rows if r.get(key)]
+    return statistics.fmean(errs) if errs else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    by_load: dict[int, list[dict]] = collections.defaultdict(list)
+    for r in records:
+        by_load[int(r["requests"])].append(r)
+    out = []
+    for load, rows in sorted(by_load.items()):
+        half = len(rows) // 2
+        drafted = [r for r in rows if r["drafted"]]
+        out.append({
+            "requests": load, "steps": len(rows), "drafted_steps": len(drafted),
+            "mean_batch_tokens": statistics.fmean(r["batch_tokens"] for r in rows),
+            "observed_verify_ms": 1e3 * statistics.fmean(r["verify_s"] for r in rows),
+            "predicted_verify_ms": 1e3 * statistics.fmean(r["predicted_verify_s"] or 0 for r in rows),
+            "prior_error": _err(rows, "prior_verify_s"),
+            "error_first_half": _err(rows[:half], "predicted_verify_s") if half else None,
+            "error_last_half": _err(rows[half:], "predicted_verify_s"),
+            "draft_ms": 1e3 * statistics.fmean(r["draft_s"] for r in drafted) if drafted else None,
+            "draft_share": (statistics.fmean(r["draft_s"] / r["period_s"] for r in drafted) if drafted else None),
+        })
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| requests | steps (drafted) | mean B | verify ms observed | predicted | prior error | error 1st half "
+          "| error 2nd half | draft ms | draft share of step |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        draft = "-" if r["draft_ms"] is None else f"{r['draft_ms']:.1f}"
+        print(f"| {r['requests']} | {r['steps']} ({r['drafted_steps']}) | {r['mean_batch_tokens']:.1f} "
+              f"| {r['observed_verify_ms']:.1f} | {r['predicted_verify_ms']:.1f} | {_pct(r['prior_error'])} "
+              f"| {_pct(r['error_first_half'])} | {_pct(r['error_last_half'])} | {draft} | {_pct(r['draft_share'])} |")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for load in sorted({int(r["requests"]) for r in records}):
+        pts = [(i, r["predicted_verify_s"] / r["verify_s"]) for i, r in enumerate(records)
+               if int(r["requests"]) == load and r.get("predicted_verify_s")]
+        if pts:
+            ax.plot(*zip(*pts), ".", ms=3, label=f"{load} requests")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("verification step")
+    ax.set_ylabel("predicted / observed verify time")
+    ax.set_ylim(0, 2)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace", type=Path)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path)
+    args = ap.parse_args(argv)
+    records = load(args.trace)
+    if not records:
+        raise SystemExit(f"{args.trace}: no steps traced (was the server started with VLLM_DSPARK_STEP_TRACE, in "
+                         "mode confidence or sla?)")
+    rows = summarize(records)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot(records, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""benchmarks/serving/cost_fit.py: prediction errors and draft shares per load from a step trace."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serving" / "cost_fit.py"
+spec = importlib.util.spec_from_file_location("cost_fit", SCRIPT)
+cost_fit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cost_fit)
+
+
+def step(requests, verify, predicted, prior, draft=0.0, tokens=None):
+    return {"requests": requests, "drafted_requests": requests, "drafted": draft > 0,
+            "batch_tokens": tokens or requests, "period_s": verify + draft, "draft_s": draft, "verify_s": verify,
+            "predicted_verify_s": predicted, "prior_verify_s": prior, "predicted_draft_s": draft}
+
+
+def test_errors_per_load_and_half(tmp_path):
+    # load 1: predictions 20% high, then exact (the refit converged); load 4: drafted, round 25 ms of a 125 ms step
+    trace = [step(1, 0.100, 0.120, 0.120), step(1, 0.100, 0.120, 0.120), step(1, 0.100, 0.100, 0.120),
+             step(1, 0.100, 0.100, 0.120), step(4, 0.100, 0.090, 0.080, draft=0.025, tokens=12)]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in trace) + "\n")
+    rows = {r["requests"]: r for r in cost_fit.summarize(cost_fit.load(path))}
+    one, four = rows[1], rows[4]
+    assert one["steps"] == 4 and one["drafted_steps"] == 0 and one["draft_ms"] is None
+    assert one["prior_error"] == pytest.approx(0.2)
+    assert one["error_first_half"] == pytest.approx(0.2) and one["error_last_half"] == pytest.approx(0.0)
+    assert one["predicted_verify_ms"] == pytest.approx(110.0)
+    assert four["error_first_half"] is None and four["error_last_half"] == pytest.approx(0.1)
+    assert four["draft_ms"] == pytest.approx(25.0) and four["draft_share"] == pytest.approx(0.2)
+    assert four["mean_batch_tokens"] == 12
+
+
+def test_cli_writes_json_and_refuses_an_empty_trace(tmp_path, capsys):
+    path = tmp_path / "trace.jsonl"
+    path.write_text(json.dumps(step(2, 0.05, 0.05, 0.06)) + "\n")
+    assert cost_fit.main([str(path), "--json", str(tmp_path / "fit.json")]) == 0
+    assert json.loads((tmp_path / "fit.json").read_text())[0]["requests"] == 2
+    assert "| 2 | 1 (0) |" in capsys.readouterr().out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="no steps traced"):
+        cost_fit.main([str(empty)])
