@@ -10,6 +10,7 @@ import torch
 import benchmarks.inflate
 from benchmarks.inflate.checks import check_drafter, check_target
 from benchmarks.inflate.drafters import inflate_drafter
+from benchmarks.inflate.layers import build_device
 from benchmarks.inflate.plan import SHAPES, Shape
 from benchmarks.inflate.target import inflate_target
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
               f"layers {dd['num_hidden_layers'][0]} -> {dd['num_hidden_layers'][1]}, {dd['seconds']} s")
     if args.check:
         prompts = args.prompts or args.target / "eval_prompts.jsonl"
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = build_device(args.device)
         summary["check"] = []
         for check_dtype in dict.fromkeys([dtype, torch.float32]):
             c = check_target(args.target, args.out, prompts, args.check, args.check_tokens, device, check_dtype)

@@ -10,7 +10,15 @@ from pathlib import Path
 import torch
 
 from benchmarks.inflate.eagle3 import inflate_eagle3_state
-from benchmarks.inflate.layers import Noise, inflate_fc, inflate_layer, inflate_norm, insert_hidden_columns, pad_columns
+from benchmarks.inflate.layers import (
+    Noise,
+    build_device,
+    inflate_fc,
+    inflate_layer,
+    inflate_norm,
+    insert_hidden_columns,
+    pad_columns,
+)
 from benchmarks.inflate.maps import Index
 from benchmarks.inflate.plan import LAYER_KEYS, Plan, Shape, make_plan, shape_of
 from benchmarks.inflate.shards import ShardWriter
@@ -38,17 +46,7 @@ def inflated_drafter_config(dcfg: dict, target_config: dict, plan: Plan, num_lay
         raise ValueError("drafter does not match the target it is inflated with:\n  " + "\n  ".join(problems))
     dst = plan.dst
     new = dict(dcfg)
-    new.update(
-        hidden_size=dst.hidden_size,
-        num_attention_heads=dst.num_attention_heads,
-        num_key_value_heads=dst.num_key_value_heads,
-        head_dim=dst.head_dim,
-        intermediate_size=dst.intermediate_size,
-        rms_norm_eps=plan.new_eps,
-        num_target_layers=dst.num_hidden_layers,
-        num_hidden_layers=num_layers,
-        dtype=str(dtype).removeprefix("torch."),
-    )
+    new.update(plan.config_fields(dtype), num_target_layers=dst.num_hidden_layers, num_hidden_layers=num_layers)
     if drafter_kind_of_config(dcfg, strict=True) != "eagle3":  # EAGLE-3's one midlayer is causal: no layer_types
         new["layer_types"] = ["full_attention"] * num_layers
     for key in ("target_layer_ids", "dspark_target_layer_ids"):
@@ -131,7 +129,7 @@ def inflate_drafter(
     """Inflate a DSpark / DFlash / EAGLE-3 drafter of `target_config` consistently with `inflate_target(..., shape)`."""
     t0 = time.perf_counter()
     draft_dir, out_dir = Path(draft_dir), Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = build_device(device)
     dcfg = json.loads((draft_dir / "config.json").read_text())
     kind = drafter_kind_of_config(dcfg, strict=True)
     plan = make_plan(target_config, shape)

@@ -9,6 +9,11 @@ from benchmarks.inflate.maps import Index
 from benchmarks.inflate.plan import LAYER_KEYS, Plan
 
 
+def build_device(device: str | torch.device | None) -> torch.device:
+    """The device to build (and check) on: the one asked for, else cuda when there is one."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 class Noise:
     """Reproducible N(0, std²) fill on the build device."""
 

@@ -93,6 +93,12 @@ class Plan:
             raise ValueError(f"target_layer_ids entry {i} is outside [-1, {self.src.num_hidden_layers - 1}]")
         return self.layer_map[i]
 
+    def config_fields(self, dtype) -> dict:
+        """config.json fields that every inflated model (target or drafter) takes from the plan."""
+        geometry = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size")
+        return {**{f: getattr(self.dst, f) for f in geometry}, "rms_norm_eps": self.new_eps,
+                "dtype": str(dtype).removeprefix("torch.")}
+
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         D, I = self.dst.hidden_size, self.dst.intermediate_size  # noqa: E741
         q, kv = self.dst.num_attention_heads * self.dst.head_dim, self.dst.num_key_value_heads * self.dst.head_dim

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.inflate.layers import Noise, inflate_head, inflate_layer, inflate_norm, pad_columns
+from benchmarks.inflate.layers import Noise, build_device, inflate_head, inflate_layer, inflate_norm, pad_columns
 from benchmarks.inflate.maps import Index
 from benchmarks.inflate.plan import LAYER_KEYS, Plan, Shape, count_params, make_plan
 from benchmarks.inflate.shards import ShardWriter
@@ -25,17 +25,7 @@ TOKENIZER_FILES = re.compile(
 def inflated_target_config(config: dict, plan: Plan, dtype: torch.dtype) -> dict:
     new = dict(config)
     dst = plan.dst
-    new.update(
-        hidden_size=dst.hidden_size,
-        num_hidden_layers=dst.num_hidden_layers,
-        num_attention_heads=dst.num_attention_heads,
-        num_key_value_heads=dst.num_key_value_heads,
-        head_dim=dst.head_dim,
-        intermediate_size=dst.intermediate_size,
-        rms_norm_eps=plan.new_eps,
-        dtype=str(dtype).removeprefix("torch."),
-        architectures=["Qwen3ForCausalLM"],
-    )
+    new.update(plan.config_fields(dtype), num_hidden_layers=dst.num_hidden_layers, architectures=["Qwen3ForCausalLM"])
     if "layer_types" in config:
         new["layer_types"] = [config["layer_types"][plan.source_layer(j)[0]] for j in range(dst.num_hidden_layers)]
     new.pop("torch_dtype", None)
@@ -67,7 +57,7 @@ def inflate_target(
     """Write the inflated target to out_dir; returns a summary dict (also saved as inflate_meta.json)."""
     t0 = time.perf_counter()
     src_dir, out_dir = Path(src_dir), Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = build_device(device)
     config = json.loads((src_dir / "config.json").read_text())
     plan = make_plan(config, shape)
     state = {k.removeprefix("model."): v.to(device) for k, v in read_state_dict(src_dir).items()}
