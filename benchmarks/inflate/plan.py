@@ -68,7 +68,7 @@ class Plan:
 
     @property
     def hidden_factor(self) -> float:
-        """sqrt(d/D): hidden RMSNorm weights are multiplied by it (see module docstring, 2.)."""
+        """sqrt(d/D): hidden RMSNorm weights are multiplied by it (see the package docstring, 2.)."""
         return math.sqrt(self.src.hidden_size / self.dst.hidden_size)
 
     @property

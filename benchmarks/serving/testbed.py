@@ -37,7 +37,7 @@ from benchmarks.inflate.target import inflate_target
 
 INFLATE_CODE = sorted(Path(benchmarks.inflate.__file__).parent.glob("*.py"))  # a change in any of them rebuilds
 DEFAULT_SHAPE = Shape(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                              head_dim=128, intermediate_size=3072)
+                      head_dim=128, intermediate_size=3072)
 SHAPE_FLAGS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
                "kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate": "intermediate_size"}
 

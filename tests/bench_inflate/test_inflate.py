@@ -25,7 +25,7 @@ TARGET = Path(os.environ.get("DSPARK_TEST_TARGET", REPO.parent / "shared" / "mod
 # Odd on purpose: 15 heads over 5 kv heads gives both extra q heads inside original GQA groups (G=3 > g=2) and
 # a whole extra kv group; head_dim 64 -> 128 exercises the RoPE re-embedding; 9 layers put identities between.
 SMALL_SHAPE = Shape(hidden_size=768, num_hidden_layers=9, num_attention_heads=15, num_key_value_heads=5,
-                            head_dim=128, intermediate_size=2304)
+                    head_dim=128, intermediate_size=2304)
 NEW_TOKENS = 32
 PROMPTS = 3
 PROMPT_TOKENS = 96
@@ -244,7 +244,7 @@ def test_inflated_drafter_keeps_drafts_and_confidences(tmp_path, models, inflate
     out, _ = inflated
     make_drafter(tmp_path / "draft", head_type, rank)
     inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
-                            num_layers=3, dtype=torch.float32, device="cpu")
+                    num_layers=3, dtype=torch.float32, device="cpu")
     cfg_big = json.loads((tmp_path / "draft_big" / "config.json").read_text())
     # source layers [1, 2, 4] sit at i·9//6 = [1, 3, 6] in the 9-layer target; one identity draft layer added
     assert cfg_big["target_layer_ids"] == [1, 3, 6] and cfg_big["num_target_layers"] == 9
@@ -277,7 +277,7 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
     small, big, prompts = models
     make_native_drafter(tmp_path / "draft", kind)
     summary = inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
-                                      dtype=torch.float32, device="cpu")
+                              dtype=torch.float32, device="cpu")
     assert summary["kind"] == kind
     cfg_big = json.loads((tmp_path / "draft_big" / "config.json").read_text())
     assert cfg_big["target_layer_ids"] == [1, 3, 6] and cfg_big["num_target_layers"] == 9  # i·9//6
@@ -329,7 +329,7 @@ def test_untied_head_and_unchanged_head_dim(tmp_path):
     state["lm_head.weight"] = embed + 0.02 * torch.randn_like(embed)
     save_file(state, str(src / "model.safetensors"))
     shape = Shape(hidden_size=640, num_hidden_layers=7, num_attention_heads=12, num_key_value_heads=6,
-                          head_dim=64, intermediate_size=1600)
+                  head_dim=64, intermediate_size=1600)
     inflate_target(src, tmp_path / "big", shape, dtype=torch.float32, device="cpu")
     small = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     big = AutoModelForCausalLM.from_pretrained(tmp_path / "big", dtype=torch.float32).eval()

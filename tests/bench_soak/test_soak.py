@@ -80,7 +80,7 @@ def test_rss_and_leak_checks():
                server_checks("s", before, after, zero, rss_summary(flat), rss_growth_mb=100)}
     assert all(c.passed for c in by_name.values()), by_name
     grown = server_checks("s", before, before, {**zero, "vllm:num_requests_running": 1.0},
-                               rss_summary(growing), rss_growth_mb=100)
+                          rss_summary(growing), rss_growth_mb=100)
     assert not any(c.passed for c in grown)  # no preemption, RSS +300 MB, one request left running
 
 
