@@ -37,7 +37,7 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"no model.safetensors (or index) in drafter folder {directory}")
+        raise FileNotFoundError(f"no model.safetensors (or index) in {directory}")
     state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(str(directory / name)))

@@ -47,7 +47,7 @@ use_testbed() {
   local args=() d
   for d in "$@"; do args+=(--drafter "$d"); done
   # shellcheck disable=SC2086  # INFLATE_ARGS is a flag list
-  $PYTHON "$REPO/benchmarks/serving/testbed.py" --target "$TARGET" --out "$TESTBED" "${args[@]}" $INFLATE_ARGS \
+  $PYTHON -m benchmarks.serving.testbed --target "$TARGET" --out "$TESTBED" "${args[@]}" $INFLATE_ARGS \
     | tee -a "$OUT/machine.txt"
   TARGET=$(cd "$TESTBED/target" && pwd)
 }

@@ -1,4 +1,4 @@
-"""Build the inflated CPU serving testbed: the target and its drafters, inflated with benchmarks/inflate.py.
+"""Build the inflated CPU serving testbed: the target and its drafters, inflated with `benchmarks.inflate`.
 
 pycode-23m (6 layers, hidden 512) is so small that on a CPU a drafter costs about as much as the target, unlike a
 real deployment. The default shape here (hidden 1024, 28 layers, 16/8 heads x 128, MLP 3072, bf16: 449M params)
@@ -6,13 +6,14 @@ puts a verify step of a 2-core CPU at ~100-130 ms for 1 token and not much more 
 "Inflated CPU testbed"), the memory-bound regime of a GPU serving a real model, while the greedy outputs (and every
 drafter's drafts) stay the small model's (exactly in real arithmetic; bf16 rounds the rescaled norm weights).
 
-    python benchmarks/serving/testbed.py --target ../shared/models/pycode-23m --out runs/inflated \
+    python -m benchmarks.serving.testbed --target ../shared/models/pycode-23m --out runs/inflated \
         [--drafter runs/pycode-cpu/dspark --drafter runs/pycode-cpu/eagle3 ...] [--hidden 640 --layers 8 ...]
 
 Writes OUT/target and OUT/drafters/<name of each --drafter folder>. A part whose inflate_meta.json records the same
-inputs (source folder and a digest of its config and weights, shape, dtype, seed, a digest of inflate.py; for a
-drafter also the target's) is kept as it is; any other is rebuilt in OUT/<part>.partial and then moved in place, so
-an interrupted build never leaves a folder that looks complete (OUT/.build.lock serialises builders of one OUT).
+inputs (source folder and a digest of its config and weights, shape, dtype, seed, a digest of benchmarks/inflate/*.py;
+for a drafter also the target's) is kept as it is; any other is rebuilt in OUT/<part>.partial and then moved in
+place, so an interrupted build never leaves a folder that looks complete (OUT/.build.lock serialises builders of one
+OUT).
 """
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(BENCHMARKS))
-import inflate  # noqa: E402  (benchmarks/inflate.py is a script, not a package module)
+import benchmarks.inflate
+from benchmarks.inflate.drafters import inflate_drafter
+from benchmarks.inflate.plan import Shape
+from benchmarks.inflate.shards import WEIGHT_FILES
+from benchmarks.inflate.target import inflate_target
 
-DEFAULT_SHAPE = inflate.Shape(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                              head_dim=128, intermediate_size=3072)
+INFLATE_CODE = sorted(Path(benchmarks.inflate.__file__).parent.glob("*.py"))  # a change in any of them rebuilds
+DEFAULT_SHAPE = Shape(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=3072)
 SHAPE_FLAGS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
                "kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate": "intermediate_size"}
 
@@ -50,8 +54,8 @@ def digest(paths: list[Path]) -> str:
 
 def model_digest(folder: Path) -> str:
     """Digest of a model folder's config.json and weight files (what the inflated copy is computed from)."""
-    files = sorted(p for p in folder.iterdir() if p.name == "config.json" or inflate.WEIGHT_FILES.match(p.name))
-    if not any(inflate.WEIGHT_FILES.match(p.name) for p in files):
+    files = sorted(p for p in folder.iterdir() if p.name == "config.json" or WEIGHT_FILES.match(p.name))
+    if not any(WEIGHT_FILES.match(p.name) for p in files):
         raise SystemExit(f"{folder}: no model.safetensors (or shards) to inflate")
     return digest(files)
 
@@ -77,7 +81,7 @@ def build(out: Path, inputs: dict, make) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving.testbed", description=__doc__.splitlines()[0])
     p.add_argument("--target", required=True, type=Path, help="small Qwen3 target folder")
     p.add_argument("--out", required=True, type=Path, help="testbed folder (target/, drafters/<name>/)")
     p.add_argument("--drafter", action="append", default=[], type=Path,
@@ -93,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    shape = inflate.Shape(**{field: getattr(args, flag) for flag, field in SHAPE_FLAGS.items()})
+    shape = Shape(**{field: getattr(args, flag) for flag, field in SHAPE_FLAGS.items()})
     dtype = getattr(torch, args.dtype)
     names = [d.resolve().name for d in args.drafter]
     if len(set(names)) != len(names):
@@ -106,19 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build_all(args: argparse.Namespace, names: list[str], shape: inflate.Shape, dtype: torch.dtype,
+def build_all(args: argparse.Namespace, names: list[str], shape: Shape, dtype: torch.dtype,
               target_config: dict) -> None:
-    common = {"shape": asdict(shape), "dtype": args.dtype, "inflate_code": digest([Path(inflate.__file__)])}
+    common = {"shape": asdict(shape), "dtype": args.dtype, "inflate_code": digest(INFLATE_CODE)}
     target_inputs = {"source": str(args.target.resolve()), "source_digest": model_digest(args.target),
                      "seed": args.seed, **common}
-    status = build(args.out / "target", target_inputs, lambda d: inflate.inflate_target(
+    status = build(args.out / "target", target_inputs, lambda d: inflate_target(
         args.target, d, shape, dtype=dtype, device=args.device, seed=args.seed))
     print(f"target {args.out / 'target'}: {status}", flush=True)
     for src, name in zip(args.drafter, names):
         inputs = {"source": str(src.resolve()), "source_digest": model_digest(src), "seed": args.seed + 1,
                   "target_digest": target_inputs["source_digest"], **common}
         out = args.out / "drafters" / name
-        status = build(out, inputs, lambda d, src=src: inflate.inflate_drafter(
+        status = build(out, inputs, lambda d, src=src: inflate_drafter(
             src, d, target_config, shape, dtype=dtype, device=args.device, seed=args.seed + 1))
         print(f"drafter {out}: {status}", flush=True)
 

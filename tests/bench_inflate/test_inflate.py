@@ -1,4 +1,4 @@
-"""benchmarks/inflate.py: the inflated target (and drafter) must compute what the small one computes.
+"""benchmarks.inflate: the inflated target (and drafter) must compute what the small one computes.
 
 The oracle is always the small model itself run by transformers (or by vllm_dspark's drafter), never numbers
 produced by the inflation code. Shapes are kept small (hidden 768, 9 layers, 15/5 heads × 128, MLP 2304) so
@@ -6,28 +6,26 @@ the whole module runs in well under a minute on 2 CPU cores; the real qwen3-4b s
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.inflate.checks import draft_on_prompt, load_drafter_with_kind
+from benchmarks.inflate.drafters import inflate_drafter
+from benchmarks.inflate.plan import SHAPES, Shape, count_params, make_plan
+from benchmarks.inflate.target import inflate_target, inflated_target_config, target_tensor_shapes
+from vllm_dspark.training.baselines import drafter_kind_of_config
+
 REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("DSPARK_TEST_TARGET", REPO.parent / "shared" / "models" / "pycode-23m"))
 
-_spec = importlib.util.spec_from_file_location("inflate", REPO / "benchmarks" / "inflate.py")
-inflate = importlib.util.module_from_spec(_spec)
-sys.modules["inflate"] = inflate  # dataclasses resolve annotations through sys.modules
-_spec.loader.exec_module(inflate)
-
 # Odd on purpose: 15 heads over 5 kv heads gives both extra q heads inside original GQA groups (G=3 > g=2) and
 # a whole extra kv group; head_dim 64 -> 128 exercises the RoPE re-embedding; 9 layers put identities between.
-SMALL_SHAPE = inflate.Shape(hidden_size=768, num_hidden_layers=9, num_attention_heads=15, num_key_value_heads=5,
-                            head_dim=128, intermediate_size=2304)
+SMALL_SHAPE = Shape(hidden_size=768, num_hidden_layers=9, num_attention_heads=15, num_key_value_heads=5,
+                    head_dim=128, intermediate_size=2304)
 NEW_TOKENS = 32
 PROMPTS = 3
 PROMPT_TOKENS = 96
@@ -59,9 +57,9 @@ def test_preset_config_and_shapes_without_weights(name, non_embedding_params):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     src = pycode_config()
-    plan = inflate.make_plan(src, inflate.SHAPES[name])
-    cfg = inflate.inflated_target_config(src, plan, torch.bfloat16)
-    shapes = inflate.target_tensor_shapes(src, plan)
+    plan = make_plan(src, SHAPES[name])
+    cfg = inflated_target_config(src, plan, torch.bfloat16)
+    shapes = target_tensor_shapes(src, plan)
     want = {"qwen3-4b": (2560, 36, 32, 8, 128, 9728), "qwen3-8b": (4096, 36, 32, 8, 128, 12288)}[name]
     got = tuple(cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                                  "head_dim", "intermediate_size"))
@@ -77,7 +75,7 @@ def test_preset_config_and_shapes_without_weights(name, non_embedding_params):
     hf = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert set(hf) - set(shapes) <= {"lm_head.weight"}  # tied: transformers' checkpoints omit it too
     assert {k: hf[k] for k in shapes} == shapes
-    non_embedding = inflate.count_params(shapes) - 8192 * want[0]
+    non_embedding = count_params(shapes) - 8192 * want[0]
     assert non_embedding == pytest.approx(non_embedding_params, rel=0.01)
 
 
@@ -106,16 +104,16 @@ def test_rope_frequencies_of_the_reembedded_pairs_are_bit_equal():
     ],
 )
 def test_bad_shapes_are_refused_naming_the_field(change, field):
-    dst = inflate.Shape(**{**inflate.SHAPES["qwen3-4b"].__dict__, **change})
+    dst = Shape(**{**SHAPES["qwen3-4b"].__dict__, **change})
     with pytest.raises(ValueError, match=field):
-        inflate.make_plan(pycode_config(), dst)
+        make_plan(pycode_config(), dst)
 
 
 # ------------------------------------------------------------------------------------------------ real weights
 @pytest.fixture(scope="module")
 def inflated(tmp_path_factory):
     out = tmp_path_factory.mktemp("inflated")
-    summary = inflate.inflate_target(TARGET, out, SMALL_SHAPE, dtype=torch.float32, device="cpu", seed=0)
+    summary = inflate_target(TARGET, out, SMALL_SHAPE, dtype=torch.float32, device="cpu", seed=0)
     return out, summary
 
 
@@ -245,8 +243,8 @@ def test_inflated_drafter_keeps_drafts_and_confidences(tmp_path, models, inflate
     small, big, prompts = models
     out, _ = inflated
     make_drafter(tmp_path / "draft", head_type, rank)
-    inflate.inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
-                            num_layers=3, dtype=torch.float32, device="cpu")
+    inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
+                    num_layers=3, dtype=torch.float32, device="cpu")
     cfg_big = json.loads((tmp_path / "draft_big" / "config.json").read_text())
     # source layers [1, 2, 4] sit at i·9//6 = [1, 3, 6] in the 9-layer target; one identity draft layer added
     assert cfg_big["target_layer_ids"] == [1, 3, 6] and cfg_big["num_target_layers"] == 9
@@ -278,8 +276,8 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
     what the small one drafts on the small target's, run by the training package's own drafter classes."""
     small, big, prompts = models
     make_native_drafter(tmp_path / "draft", kind)
-    summary = inflate.inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
-                                      dtype=torch.float32, device="cpu")
+    summary = inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
+                              dtype=torch.float32, device="cpu")
     assert summary["kind"] == kind
     cfg_big = json.loads((tmp_path / "draft_big" / "config.json").read_text())
     assert cfg_big["target_layer_ids"] == [1, 3, 6] and cfg_big["num_target_layers"] == 9  # i·9//6
@@ -294,10 +292,10 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
     results = []
     for target, d_dir in ((small, tmp_path / "draft"), (big, tmp_path / "draft_big")):
         # vllm_dspark.training's DFlashDrafter / Eagle3Drafter, loaded by their load_dflash / load_eagle3
-        loaded_kind, drafter = inflate.load_any_drafter(d_dir, torch.float32, "cpu")
+        loaded_kind, drafter = load_drafter_with_kind(d_dir, torch.float32, "cpu")
         expected_class = {"dflash": "DFlashDrafter", "eagle3": "Eagle3Drafter"}[kind]
         assert loaded_kind == kind and type(drafter).__name__ == expected_class
-        results.append([inflate.draft_on_prompt(target, kind, drafter, ids) for ids in prompts[:2]])
+        results.append([draft_on_prompt(target, kind, drafter, ids) for ids in prompts[:2]])
     for a, b in zip(*results):
         assert torch.equal(a.tokens, b.tokens)
         torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-3)
@@ -305,10 +303,13 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
     print(f"\n{kind} fp32 max |draft logit diff| inflated vs source: {diff:.3g}")
 
 
-def test_unknown_drafter_architecture_is_refused():
+def test_unknown_drafter_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="architectures"):
-        inflate.drafter_kind({"architectures": ["Qwen3ForCausalLM"]})
-    assert inflate.drafter_kind({"architectures": ["DFlashDraftModel"]}) == "dflash"
+        drafter_kind_of_config({"architectures": ["Qwen3ForCausalLM"]}, strict=True)
+    assert drafter_kind_of_config({"architectures": ["DFlashDraftModel"]}, strict=True) == "dflash"
+    (tmp_path / "config.json").write_text(json.dumps({**pycode_config(), "architectures": ["Qwen3ForCausalLM"]}))
+    with pytest.raises(ValueError, match="architectures"):  # before any weight is read
+        inflate_drafter(tmp_path, tmp_path / "out", pycode_config(), SMALL_SHAPE, device="cpu")
 
 
 @needs_target
@@ -327,9 +328,9 @@ def test_untied_head_and_unchanged_head_dim(tmp_path):
     embed = state["model.embed_tokens.weight"]
     state["lm_head.weight"] = embed + 0.02 * torch.randn_like(embed)
     save_file(state, str(src / "model.safetensors"))
-    shape = inflate.Shape(hidden_size=640, num_hidden_layers=7, num_attention_heads=12, num_key_value_heads=6,
-                          head_dim=64, intermediate_size=1600)
-    inflate.inflate_target(src, tmp_path / "big", shape, dtype=torch.float32, device="cpu")
+    shape = Shape(hidden_size=640, num_hidden_layers=7, num_attention_heads=12, num_key_value_heads=6,
+                  head_dim=64, intermediate_size=1600)
+    inflate_target(src, tmp_path / "big", shape, dtype=torch.float32, device="cpu")
     small = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     big = AutoModelForCausalLM.from_pretrained(tmp_path / "big", dtype=torch.float32).eval()
     assert not big.config.tie_word_embeddings

@@ -1,21 +1,17 @@
-"""benchmarks/serving/testbed.py: a testbed part is rebuilt exactly when one of its recorded inputs changed."""
+"""benchmarks.serving.testbed: a testbed part is rebuilt exactly when one of its recorded inputs changed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.serving import testbed
+
 REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("DSPARK_TEST_TARGET", REPO.parent / "shared" / "models" / "pycode-23m"))
-_spec = importlib.util.spec_from_file_location("testbed", REPO / "benchmarks" / "serving" / "testbed.py")
-testbed = importlib.util.module_from_spec(_spec)
-sys.modules["testbed"] = testbed
-_spec.loader.exec_module(testbed)
 
 pytestmark = pytest.mark.skipif(not (TARGET / "config.json").is_file(), reason=f"no target model at {TARGET}")
 # the source shape plus one layer: the cheapest inflation that still writes every tensor

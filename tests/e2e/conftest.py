@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter, corpus_token_ids
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from drafters import bigram_table, build_test_drafter, corpus_token_ids  # noqa: E402
 from server import COMMON_ARGS, MAX_NUM_SEQS, Server  # noqa: E402
 from targets import build_tiny_target, greedy_samples  # noqa: E402
 
@@ -115,8 +116,8 @@ def e2e_drafter(e2e_target, tmp_path_factory) -> Path:
         rows = [json.loads(line) for line in (e2e_target / "eval_prompts.jsonl").read_text().splitlines() if line]
         docs = greedy_samples(e2e_target, [tok(r["prompt"])["input_ids"] for r in rows[:4]])
     rank = 256
-    return build_test_drafter(e2e_target, tmp_path_factory.mktemp("drafter"), block_size=GAMMA, rank=rank,
-                              bigrams=bigram_table(docs, rank))
+    return build_bigram_drafter(e2e_target, tmp_path_factory.mktemp("drafter"), block_size=GAMMA, rank=rank,
+                               bigrams=bigram_table(docs, rank))
 
 
 @pytest.fixture(scope="session")

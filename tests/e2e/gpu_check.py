@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # its sibling modules; the repository root (benchmarks)
 
+from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter  # noqa: E402
 from clients import chats, client, completions  # noqa: E402
 from server import Server  # noqa: E402
-from drafters import bigram_table, build_test_drafter  # noqa: E402
 
 GAMMA = 4
 
@@ -37,7 +37,7 @@ def build_drafter(target: Path, out: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(str(target))
     rows = [json.loads(line) for line in (target / "eval_prompts.jsonl").read_text().splitlines() if line]
     docs = [tok(r["prompt"])["input_ids"] for r in rows[100:400]]
-    return build_test_drafter(target, out, block_size=GAMMA, rank=256, bigrams=bigram_table(docs, 256))
+    return build_bigram_drafter(target, out, block_size=GAMMA, rank=256, bigrams=bigram_table(docs, 256))
 
 
 def servers(target: Path, drafter: Path, logs: Path, cpu: bool = False) -> dict[str, Server]:

@@ -19,17 +19,31 @@ from vllm_dspark.training.dflash import DFLASH_ARCHITECTURE, load_dflash
 from vllm_dspark.training.eagle3 import EAGLE3_ARCHITECTURE, Eagle3Drafter, eagle3_generate, load_eagle3
 
 
+# config.json `architectures` entry -> drafter kind, in the order a lenient reading prefers them
+DRAFTER_ARCHITECTURES = {DFLASH_ARCHITECTURE: "dflash", EAGLE3_ARCHITECTURE: "eagle3", "Qwen3DSparkModel": "dspark"}
+
+
+def drafter_kind_of_config(config: dict, *, strict: bool = False) -> str:
+    """'dspark', 'dflash' or 'eagle3' from a config.json dict's `architectures`.
+
+    Lenient (default): DFlash if named, else EAGLE-3, else DSpark (DeepSpec checkpoints may name other
+    architectures). strict: exactly one kind must be named, else ValueError (for tools that rewrite a layout).
+    """
+    arch = config.get("architectures") or []
+    kinds = [kind for name, kind in DRAFTER_ARCHITECTURES.items() if name in arch]
+    if strict and len(kinds) != 1:
+        raise ValueError(f"architectures: {config.get('architectures')} names none (or several) of the drafter "
+                         f"architectures {sorted(DRAFTER_ARCHITECTURES)}")
+    return kinds[0] if kinds else "dspark"
+
+
 def drafter_kind(directory: str | Path) -> str:
-    arch = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or []
-    if DFLASH_ARCHITECTURE in arch:
-        return "dflash"
-    if EAGLE3_ARCHITECTURE in arch:
-        return "eagle3"
-    return "dspark"
+    return drafter_kind_of_config(json.loads((Path(directory) / "config.json").read_text()))
 
 
-def load_any_drafter(directory: str | Path, target: torch.nn.Module, *, dtype: torch.dtype | None = None,
+def load_any_drafter(directory: str | Path, target: torch.nn.Module | None, *, dtype: torch.dtype | None = None,
                      device: str | torch.device = "cpu"):
+    """The drafter of `directory` by its kind; without `target` the checkpoint must carry its embedding and head."""
     kind = drafter_kind(directory)
     if kind == "dflash":
         return load_dflash(directory, target, dtype=dtype, device=device)

@@ -1,4 +1,5 @@
-"""Test drafters for serving tests: random DSpark drafters whose sequential head is set to a bigram table.
+"""Bigram drafters for the serving tests and the soak: random DSpark drafters whose sequential head is set to a
+bigram table.
 
 A random drafter is enough for losslessness, but acceptance and load-dependent verification lengths need drafts
 that are sometimes right and confidences that mean something. Without a trained drafter we set weights by hand:
@@ -58,7 +59,7 @@ def _target_embedding(target_dir: Path) -> torch.Tensor:
     return state["model.embed_tokens.weight"].float()
 
 
-def build_test_drafter(
+def build_bigram_drafter(
     target_dir: Path,
     out_dir: Path,
     *,

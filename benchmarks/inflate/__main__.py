@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.inflate.cli import main
+
+sys.exit(main())

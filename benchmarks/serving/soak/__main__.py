@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.serving.soak.cli import main
+
+sys.exit(main())
