@@ -1,16 +1,11 @@
 """benchmarks/serving/cost_fit.py: prediction errors and draft shares per load from a step trace."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serving" / "cost_fit.py"
-spec = importlib.util.spec_from_file_location("cost_fit", SCRIPT)
-cost_fit = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cost_fit)
+from benchmarks.serving import cost_fit
 
 
 def step(requests, verify, predicted, prior, draft=0.0, tokens=None):
