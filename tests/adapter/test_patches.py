@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 
 import pytest
 import torch
@@ -115,6 +116,47 @@ def test_worker_warmup_wrapped(applied, module, cls):
     assert method.__dspark_wrapped__
     assert params(method.__wrapped__) == ["self"]
     assert "model_runner" in source(method.__wrapped__)
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    assert "self.vllm_config = vllm_config" in source(WorkerBase.__init__)  # read by the wrapper
+
+
+def _fake_worker_module():
+    class Worker:
+        def compile_or_warm_up_model(self):
+            self.warmed = True
+            return "times"
+
+    return types.SimpleNamespace(__name__="fake_worker", Worker=Worker)
+
+
+class _Proposer:
+    is_dspark = True
+
+    def on_engine_warm(self, runner):
+        self.warmed_with = runner
+
+
+def test_worker_warmup_calls_our_proposer_or_fails_loudly():
+    from proposer_factory import vllm_config
+
+    from vllm_dspark.adapter.patches import patch_worker_warmup as warmup
+
+    module = _fake_worker_module()
+    warmup._wrap(module, "Worker")
+    worker = module.Worker()
+    worker.vllm_config = vllm_config()
+    worker.model_runner = types.SimpleNamespace(vllm_config=worker.vllm_config, drafter=_Proposer())
+    assert worker.compile_or_warm_up_model() == "times" and worker.warmed
+    assert worker.model_runner.drafter.warmed_with is worker.model_runner
+    worker.model_runner.drafter = types.SimpleNamespace()  # vLLM built its drafter elsewhere: start fails
+    with pytest.raises(RuntimeError, match=r"`SimpleNamespace\.drafter` is SimpleNamespace, not the DSpark proposer"):
+        worker.compile_or_warm_up_model()
+    del worker.model_runner
+    with pytest.raises(RuntimeError, match="Worker has no `model_runner`"):
+        worker.compile_or_warm_up_model()
+    worker.vllm_config = types.SimpleNamespace(speculative_config=None)  # no DSpark drafter: nothing to do
+    assert worker.compile_or_warm_up_model() == "times"
 
 
 # ---------------------------------------------------------------- patch_stat_loggers
@@ -212,6 +254,23 @@ def test_expand_fix_matches_reference(dtype):
     expand_kernel_impl(out, x, cu, 0, 1)
     want = _expand_reference(x.double(), cu, 0, 1, size, -7)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-7)
+
+
+def test_expand_fix_installed_loudly_when_the_source_cannot_be_read(monkeypatch, caplog):
+    from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
+
+    def unreadable(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(p, "_original", p._original)
+    monkeypatch.setattr(p.inspect, "getsource", unreadable)
+    module = types.SimpleNamespace(**{p.ATTR: lambda *a, **k: None})
+    with caplog.at_level("ERROR", logger="vllm.dspark"):
+        p._patch(module)
+    assert getattr(module, p.ATTR) is p.expand_kernel_impl
+    assert any("cannot read the source" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    with pytest.raises(RuntimeError, match=f"{p.ATTR} is gone"):
+        p._patch(types.SimpleNamespace())
 
 
 def test_expand_original_shape_and_bug():

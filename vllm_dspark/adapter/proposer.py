@@ -123,8 +123,12 @@ class DSparkProposer(DFlashProposer):
         model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         fc = getattr(getattr(model, "model", None), "fc", None)
         width = getattr(fc, "input_size", None)
+        if width is None:  # the check below must never be skipped
+            raise RuntimeError(f"vllm-dspark: cannot read the drafter's feature width at `{type(model).__name__}"
+                               f".model.fc.input_size` (fc is {type(fc).__name__}); this vLLM builds the DFlash "
+                               "model differently")
         target_hidden = self.vllm_config.model_config.get_hidden_size()
-        if width is not None and width != target_hidden * len(want):
+        if width != target_hidden * len(want):
             raise DrafterMismatchError(
                 f"drafter fc takes {width} features, but {len(want)} target layers {cfg.target_layer_ids} of hidden "
                 f"size {target_hidden} give {target_hidden * len(want)}")

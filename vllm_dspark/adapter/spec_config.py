@@ -200,6 +200,20 @@ def is_routed_to_us(hf_config: Any) -> bool:
     return compat.ROUTED_ARCH in (getattr(hf_config, "architectures", None) or [])
 
 
+def draft_hf_config(vllm_config: Any) -> Any | None:
+    """The draft model's HF config of an engine config; None without speculative decoding (or without a draft
+    model, e.g. n-gram)."""
+    spec = vllm_config.speculative_config
+    draft = None if spec is None else spec.draft_model_config
+    return None if draft is None else draft.hf_config
+
+
+def serves_dspark(vllm_config: Any) -> bool:
+    """Whether this engine drafts with a DSpark drafter routed through our model class."""
+    hf = draft_hf_config(vllm_config)
+    return hf is not None and is_routed_to_us(hf)
+
+
 def resolve(
     settings: DSparkServingConfig | None,
     drafter: DSparkConfig,
