@@ -76,3 +76,18 @@ def test_observed_steps_refit_the_table_and_gaps_are_dropped():
     assert policy.stats.observations == 30 and policy.stats.rejected_observations == 1
     off = VerifyLengthPolicy("confidence", GAMMA, linear_table(), online_refit=False)
     assert not off.observe_step(8, 0.02)
+
+
+def test_modes_come_from_one_list():
+    """The server's `dspark.mode`, the policy and the scheduler accept the same modes (scheduling.SERVING_MODES)."""
+    import typing
+
+    from vllm_dspark.adapter import spec_config
+    from vllm_dspark.scheduling import MODE_ALIASES, MODES, SERVING_MODES
+
+    assert typing.get_args(spec_config.Mode) == SERVING_MODES
+    assert set(MODES) == set(SERVING_MODES) | set(MODE_ALIASES) and set(MODE_ALIASES.values()) <= set(SERVING_MODES)
+    for mode in SERVING_MODES:
+        VerifyLengthPolicy(mode, 4, sla_tokens_per_user=10.0 if mode == "sla" else None)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        VerifyLengthPolicy("throughput", 4)  # an alias of the scheduler, not a serving mode

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vllm_dspark.scheduling.admission import verify_lengths
+from vllm_dspark.scheduling.admission import SERVING_MODES, verify_lengths
 from vllm_dspark.scheduling.cost import CostTable
 
 
@@ -40,8 +40,8 @@ class PolicyStats:
 class VerifyLengthPolicy:
     def __init__(self, mode: str, gamma: int, table: CostTable | None = None, *,
                  sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0):
-        if mode not in ("static", "confidence", "sla"):
-            raise ValueError(f"mode must be static, confidence or sla, got {mode!r}")
+        if mode not in SERVING_MODES:
+            raise ValueError(f"mode must be one of {SERVING_MODES}, got {mode!r}")
         if mode == "sla" and sla_tokens_per_user is None:
             raise ValueError("mode 'sla' needs sla_tokens_per_user")
         self.mode = mode
@@ -52,10 +52,6 @@ class VerifyLengthPolicy:
         self.max_ratio = max_ratio
         self.stats = PolicyStats()
         self.on_decision: Callable[[PolicyStats], None] | None = None  # called after each `lengths` (metrics)
-
-    @property
-    def ready(self) -> bool:
-        return self.mode == "static" or self.table is not None
 
     def lengths(self, confidence: np.ndarray, max_len: np.ndarray | None = None) -> np.ndarray:
         """confidence [R, γ] calibrated, max_len [R] (default γ) -> lengths [R] int64 (a prefix of each draft)."""

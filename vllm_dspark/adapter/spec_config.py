@@ -25,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vllm_dspark.adapter import compat
 from vllm_dspark.config import DrafterMismatchError, DSparkConfig, check_fits_target
+from vllm_dspark.scheduling.admission import SERVING_MODES
 
 
-Mode = Literal["static", "confidence", "sla"]
+Mode = Literal[SERVING_MODES]
 SERVING_ATTR = "dspark_serving"  # attribute of the draft HF config carrying the resolved settings
 KEY = "dspark"
 
