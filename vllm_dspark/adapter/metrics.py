@@ -1,4 +1,5 @@
-"""DSpark metrics on vLLM's `/metrics`, from a front-end stat logger.
+"""DSpark metrics on vLLM's `/metrics`, from a front-end stat logger (entry point `vllm.stat_logger_plugins`,
+declared in setup.py; vLLM loads that group in its API server process).
 
 vLLM's engine core sends per-step `SpecDecodingStats` (drafts, verified draft tokens, accepted tokens, both per
 position) to the front end, where stat loggers turn them into Prometheus metrics. The draft tokens vLLM counts
