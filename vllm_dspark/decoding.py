@@ -152,7 +152,8 @@ class _DSparkRounds:
 
     def __init__(self, drafter: DSparkDrafter, hidden_states, temperature: float, generator,
                  verify_length: VerifyLength | None):
-        self.drafter, self.temperature, self.generator, self.verify_length = drafter, temperature, generator, verify_length
+        self.drafter, self.temperature, self.generator = drafter, temperature, generator
+        self.verify_length = verify_length
         self.layer_ids = drafter.config.target_layer_ids
         self.ctx = drafter.project_context(target_features(hidden_states, self.layer_ids))  # [1, C, H]
 

@@ -18,14 +18,18 @@ def model_id(server) -> str:
     return discover_model(server.url)
 
 
-def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, **kw) -> list[list[int]]:
-    """All prompts in flight at once; returns the generated token ids of each."""
+def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, ignore_eos: bool = False,
+                with_prompt_ids: bool = False, **kw) -> list:
+    """All prompts in flight at once; returns the generated token ids of each ((prompt ids, generated ids) with
+    `with_prompt_ids`)."""
     c, model = client(server), model_id(server)
+    extra = {"return_token_ids": True, **({"ignore_eos": True} if ignore_eos else {})}
 
     def one(prompt):
-        out = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                   extra_body={"return_token_ids": True}, **kw)
-        return list(out.choices[0].token_ids)
+        choice = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, extra_body=extra,
+                                      **kw).choices[0]
+        out = list(choice.token_ids)
+        return (list(choice.prompt_token_ids), out) if with_prompt_ids else out
 
     with cf.ThreadPoolExecutor(len(prompts)) as ex:
         return list(ex.map(one, prompts))

@@ -53,9 +53,11 @@ class ServerPool:
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
+        self.gamma = GAMMA
         table = write_linear_cost_table(workdir / "cost_table.json")
         common = list(COMMON_ARGS)
         self.dump = workdir / "drafts.jsonl"
+        self.dumps = {"confidence": self.dump, "sla": workdir / "sla_drafts.jsonl"}  # VLLM_DSPARK_DEBUG_DUMP
         self.dynamic_schedule = DYNAMIC_SCHEDULE
         self.servers = {
             "plain": Server("plain", common, {}, workdir / "plain.log"),
@@ -63,8 +65,8 @@ class ServerPool:
             "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
                                                                            online_refit=False),
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
-            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
-                          workdir / "sla.log"),
+            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0),
+                          {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["sla"])}, workdir / "sla.log"),
             "dynamic": Server("dynamic", common + _speculative(
                 "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
                 workdir / "dynamic.log"),

@@ -6,11 +6,15 @@ static drafts with γ per batch size from vLLM's dynamic speculative decoding, a
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from clients import chats, completions
+from clients import MAX_TOKENS, chats, completions
 
-MODES = ("static", "confidence", "sla", "dynamic")
+from vllm_dspark.scheduling import SERVING_MODES
+
+MODES = (*SERVING_MODES, "dynamic")  # one server per mode, and "dynamic" (static under vLLM's dynamic γ)
 
 
 _RESULTS: dict[tuple[str, str], list[list[int]]] = {}
@@ -52,21 +56,65 @@ def test_acceptance_and_verify_metrics(servers, e2e_prompts, plain_greedy, mode)
     greedy("completions", server, e2e_prompts)
     m = server.metrics()
     assert m["vllm:spec_decode_num_accepted_tokens_total"] > 0
-    assert m["vllm:spec_decode_num_accepted_tokens_per_pos_total"] > 0
+    assert m["vllm:spec_decode_num_accepted_tokens_per_pos_total"] == m["vllm:spec_decode_num_accepted_tokens_total"]
     assert m["dspark:scheduler_info"] == 1
     assert m["dspark:verified_tokens_total"] == m["vllm:spec_decode_num_draft_tokens_total"]
-    assert 0 < m["dspark:mean_verify_length"] <= 4
+    assert m["dspark:verify_rounds_total"] == m["vllm:spec_decode_num_drafts_total"]
+    # The gauge is the counters' ratio; static verifies all γ drafts, dynamic 2 or γ per round (its schedule).
+    assert m["dspark:mean_verify_length"] == pytest.approx(
+        m["dspark:verified_tokens_total"] / m["dspark:verify_rounds_total"])
     if mode == "static":
-        assert m["dspark:mean_verify_length"] == 4
+        assert m["dspark:mean_verify_length"] == servers.gamma
+    if mode == "dynamic":
+        assert servers.dynamic_schedule[1][2] <= m["dspark:mean_verify_length"] <= servers.gamma
     # Worker counters (CPU: the draft round is eager by design, so no CUDA graphs and no fallbacks from them).
     assert m["dspark:draft_cuda_graphs"] == 0
     assert m["dspark:draft_eager_fallbacks_total"] == 0
-    decisions, fallbacks = m["dspark:length_decisions_total"], m["dspark:sla_fallbacks_total"]
     if mode in ("static", "dynamic"):
-        assert decisions == fallbacks == 0, "static verification lengths need no decision"
-    else:
-        assert decisions > 0
-        assert fallbacks <= decisions if mode == "sla" else fallbacks == 0
+        assert m["dspark:length_decisions_total"] == m["dspark:sla_fallbacks_total"] == 0, (
+            "static verification lengths need no decision")
+
+
+def _greedy_accepted(drafts: list[int], length: int, sequence: list[int], anchor_pos: int) -> int:
+    """Drafts accepted at T = 0: the verified prefix that repeats the target's own continuation."""
+    accepted = 0
+    for j, token in enumerate(drafts[:length]):
+        if token != sequence[anchor_pos + 1 + j]:
+            break
+        accepted += 1
+    return accepted
+
+
+@pytest.mark.parametrize("mode", ["confidence", "sla"])
+def test_counters_equal_what_the_draft_dump_records(servers, e2e_prompts, mode):
+    """One greedy run (EOS ignored) on a server that dumps its rounds: the policy's decisions, SLA fallbacks,
+    verified rounds and tokens, and the accepted drafts vLLM counts all follow from the dumped drafts and lengths
+    (accepted: the plain server's continuation, drafted past the returned text, is the oracle)."""
+    server, dump = servers.get(mode), servers.dumps[mode]
+    plain = completions(servers.get("plain"), e2e_prompts, max_tokens=MAX_TOKENS + servers.gamma + 1,
+                        ignore_eos=True, with_prompt_ids=True, temperature=0.0)
+    reference = {tuple(p): p + out for p, out in plain}
+    offset = dump.stat().st_size if dump.exists() else 0
+    before = server.metrics()
+    completions(server, e2e_prompts, ignore_eos=True, temperature=0.0)
+    after = server.metrics()
+    with open(dump, encoding="utf-8") as f:
+        f.seek(offset)
+        records = [json.loads(line) for line in f]
+    got = {k: after[k] - before.get(k, 0.0) for k in after}
+    rounds = [r["decided_mode"] for r in records if r["table_ms"] is not None]  # a round's first record has the table
+    decided = [r for r in records if r["length"] is not None]
+    assert len(decided) >= len(e2e_prompts), f"{len(decided)} decided request-rounds for {len(e2e_prompts)} requests"
+    assert got["dspark:length_decisions_total"] == sum(m is not None for m in rounds)
+    assert got["dspark:sla_fallbacks_total"] == rounds.count("sla->throughput")
+    rules = {"confidence": {None, "throughput"}, "sla": {None, "sla", "sla->throughput"}}[mode]
+    assert set(rounds) <= rules, f"mode {mode} decided with {set(rounds) - rules}"
+    verified = [r for r in decided if r["length"] > 0]
+    assert got["vllm:spec_decode_num_drafts_total"] == got["dspark:verify_rounds_total"] == len(verified)
+    assert got["dspark:verified_tokens_total"] == sum(r["length"] for r in verified)
+    accepted = sum(_greedy_accepted(r["drafts"], r["length"], reference[tuple(r["prompt_token_ids"])],
+                                    r["anchor_pos"]) for r in verified)
+    assert got["vllm:spec_decode_num_accepted_tokens_total"] == accepted
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -337,7 +337,7 @@ class DSparkProposer(DFlashProposer):
             lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
             self._maybe_log_stats()
         if pending.dump:
-            self._write_dump(pending.dump, lengths)
+            self._write_dump(pending.dump, lengths, self.policy.stats.last_mode if lengths else None)
         return lengths
 
     def _maybe_log_stats(self, every_s: float = 60.0) -> None:
@@ -387,8 +387,9 @@ class DSparkProposer(DFlashProposer):
             })
         return records
 
-    def _write_dump(self, records: list[dict], lengths: dict[str, int]) -> None:
-        """`length`: drafts the target verified in the next step (None: not trimmed by the policy)."""
+    def _write_dump(self, records: list[dict], lengths: dict[str, int], decided_mode: str | None = None) -> None:
+        """`length`: drafts the target verified in the next step (None: not trimmed by the policy);
+        `decided_mode`: the rule the policy used for the round's lengths (None: no decision)."""
         with open(self._dump_path, "a", encoding="utf-8") as f:
             for rec in records:
-                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"])}) + "\n")
+                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"]), "decided_mode": decided_mode}) + "\n")

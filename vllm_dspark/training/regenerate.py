@@ -187,5 +187,5 @@ def regenerate(
                        response=tokenizer.decode(resp, skip_special_tokens=False), finish_reason=reason,
                        tokenizer=fingerprint)
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return {"backend": backend, "why_not_vllm": why_not_vllm, "prompts": len(rows), "response_tokens": n_tokens, "wall_seconds": wall,
-            "tokens_per_second": n_tokens / wall if wall > 0 else None, "out": str(out)}
+    return {"backend": backend, "why_not_vllm": why_not_vllm, "prompts": len(rows), "response_tokens": n_tokens,
+            "wall_seconds": wall, "tokens_per_second": n_tokens / wall if wall > 0 else None, "out": str(out)}
