@@ -257,19 +257,20 @@ def test_expand_fix_matches_reference(dtype):
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-7)
 
 
-def test_expand_fix_installed_loudly_when_the_source_cannot_be_read(monkeypatch, caplog):
+def test_expand_fix_installed_loudly_when_the_source_cannot_be_read(monkeypatch):
     from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
 
     def unreadable(*args, **kwargs):
         raise OSError("could not get source code")
 
+    errors = []
     monkeypatch.setattr(p, "_original", p._original)
     monkeypatch.setattr(p.inspect, "getsource", unreadable)
+    monkeypatch.setattr(p.logger, "error", lambda msg, *args: errors.append(msg % args))
     module = types.SimpleNamespace(**{p.ATTR: lambda *a, **k: None})
-    with caplog.at_level("ERROR", logger="vllm.dspark"):
-        p._patch(module)
+    p._patch(module)
     assert getattr(module, p.ATTR) is p.expand_kernel_impl
-    assert any("cannot read the source" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert len(errors) == 1 and f"cannot read the source of {p.MODULE}.{p.ATTR}" in errors[0]
     with pytest.raises(RuntimeError, match=f"{p.ATTR} is gone"):
         p._patch(types.SimpleNamespace())
 
