@@ -392,4 +392,5 @@ class DSparkProposer(DFlashProposer):
         `decided_mode`: the rule the policy used for the round's lengths (None: no decision)."""
         with open(self._dump_path, "a", encoding="utf-8") as f:
             for rec in records:
-                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"]), "decided_mode": decided_mode}) + "\n")
+                rec = {**rec, "length": lengths.get(rec["req_id"]), "decided_mode": decided_mode}
+                f.write(json.dumps(rec) + "\n")
