@@ -36,5 +36,7 @@ setup(
     entry_points={
         "console_scripts": ["vllm-dspark=vllm_dspark.cli:main"],
         "vllm.general_plugins": ["dspark=vllm_dspark.adapter.plugin:register"],
+        # The front end's Prometheus metrics (dspark:*); vLLM loads this group in its API server process.
+        "vllm.stat_logger_plugins": ["dspark=vllm_dspark.adapter.metrics:DSparkStatLogger"],
     },
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_selection_is_version_and_platform_gated():
     assert "patch_cpu_expand_kernel" not in names(version=Version("0.32.0"), is_cpu=False)
     assert "patch_cpu_expand_kernel" not in names(version=Version("0.26.0"), is_cpu=True)
     assert names(version=Version("0.26.0"), is_cpu=False) == {
-        "patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_stat_loggers"}
+        "patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup"}
     assert set(patches.TRIM_PATCHES) <= names(version=Version("0.32.0"), is_cpu=False)
     assert patches.supports_verify_lengths(Version("0.32.0")) and not patches.supports_verify_lengths(Version("0.26.0"))
     with pytest.raises(compat.UnsupportedVLLMVersion):
@@ -115,17 +116,59 @@ def test_worker_warmup_wrapped(applied, module, cls):
     assert method.__dspark_wrapped__
     assert params(method.__wrapped__) == ["self"]
     assert "model_runner" in source(method.__wrapped__)
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    assert "self.vllm_config = vllm_config" in source(WorkerBase.__init__)  # read by the wrapper
 
 
-# ---------------------------------------------------------------- patch_stat_loggers
-@pytest.mark.parametrize("module", compat.STAT_LOGGER_HOSTS)
-def test_stat_logger_factories_include_ours(applied, module):
-    from vllm.v1.metrics.loggers import StatLoggerBase
+def _fake_worker_module():
+    class Worker:
+        def compile_or_warm_up_model(self):
+            self.warmed = True
+            return "times"
+
+    return types.SimpleNamespace(__name__="fake_worker", Worker=Worker)
+
+
+class _Proposer:
+    is_dspark = True
+
+    def on_engine_warm(self, runner):
+        self.warmed_with = runner
+
+
+def test_worker_warmup_calls_our_proposer_or_fails_loudly():
+    from proposer_factory import vllm_config
+
+    from vllm_dspark.adapter.patches import patch_worker_warmup as warmup
+
+    module = _fake_worker_module()
+    warmup._wrap(module, "Worker")
+    worker = module.Worker()
+    worker.vllm_config = vllm_config()
+    worker.model_runner = types.SimpleNamespace(vllm_config=worker.vllm_config, drafter=_Proposer())
+    assert worker.compile_or_warm_up_model() == "times" and worker.warmed
+    assert worker.model_runner.drafter.warmed_with is worker.model_runner
+    worker.model_runner.drafter = types.SimpleNamespace()  # vLLM built its drafter elsewhere: start fails
+    with pytest.raises(RuntimeError, match=r"`SimpleNamespace\.drafter` is SimpleNamespace, not the DSpark proposer"):
+        worker.compile_or_warm_up_model()
+    del worker.model_runner
+    with pytest.raises(RuntimeError, match="Worker has no `model_runner`"):
+        worker.compile_or_warm_up_model()
+    worker.vllm_config = types.SimpleNamespace(speculative_config=None)  # no DSpark drafter: nothing to do
+    assert worker.compile_or_warm_up_model() == "times"
+
+
+# ---------------------------------------------------------------- stat logger (an entry point, no patch)
+def test_vllm_loads_our_stat_logger_from_the_entry_point():
+    """setup.py declares `vllm.stat_logger_plugins: dspark`; vLLM's own loader (vLLM >= 0.26 all have it) returns
+    it. Fails against an install made before the entry point existed: reinstall the package."""
+    from vllm.v1.metrics.loggers import StatLoggerBase, load_stat_logger_plugin_factories
 
     from vllm_dspark.adapter.metrics import DSparkStatLogger
 
-    mod = importlib.import_module(module)
-    assert DSparkStatLogger in mod.load_stat_logger_plugin_factories()
+    assert DSparkStatLogger in load_stat_logger_plugin_factories()
+    assert "load_stat_logger_plugin_factories()" in source(importlib.import_module("vllm.v1.engine.async_llm"))
     assert params(StatLoggerBase.record) == ["self", "scheduler_stats", "iteration_stats", "mm_cache_stats",
                                              "engine_idx"]
 
@@ -212,6 +255,24 @@ def test_expand_fix_matches_reference(dtype):
     expand_kernel_impl(out, x, cu, 0, 1)
     want = _expand_reference(x.double(), cu, 0, 1, size, -7)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-7)
+
+
+def test_expand_fix_installed_loudly_when_the_source_cannot_be_read(monkeypatch):
+    from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
+
+    def unreadable(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    errors = []
+    monkeypatch.setattr(p, "_original", p._original)
+    monkeypatch.setattr(p.inspect, "getsource", unreadable)
+    monkeypatch.setattr(p.logger, "error", lambda msg, *args: errors.append(msg % args))
+    module = types.SimpleNamespace(**{p.ATTR: lambda *a, **k: None})
+    p._patch(module)
+    assert getattr(module, p.ATTR) is p.expand_kernel_impl
+    assert len(errors) == 1 and f"cannot read the source of {p.MODULE}.{p.ATTR}" in errors[0]
+    with pytest.raises(RuntimeError, match=f"{p.ATTR} is gone"):
+        p._patch(types.SimpleNamespace())
 
 
 def test_expand_original_shape_and_bug():

@@ -20,6 +20,8 @@ pytest.importorskip("vllm")
 from vllm_dspark.adapter.patches import patch_runner_trim as trim  # noqa: E402
 from vllm_dspark.adapter.patches import patch_scheduler_unverified as unverified  # noqa: E402
 
+from proposer_factory import make_proposer, vllm_config  # noqa: E402
+
 
 @dataclasses.dataclass
 class FakeSchedulerOutput:
@@ -117,6 +119,7 @@ def test_wrapped_runner_trims_before_the_target_and_reports_the_tail():
     module = _fake_runner_module()
     trim.wrap_methods(module.GPUModelRunner, dict.fromkeys(trim._originals), trim._wrappers)
     runner = module.GPUModelRunner()
+    runner.vllm_config = vllm_config()
     runner.drafter = _Drafter({"a": 1, "b": 4})
     runner.requests = {r: types.SimpleNamespace(prev_num_draft_len=0) for r in ("a", "b", "c", "d")}
     sched = _output()
@@ -139,6 +142,25 @@ def test_wrapped_runner_trims_before_the_target_and_reports_the_tail():
     assert runner.drafter.asked is None and runner.seen == _output()
 
 
+def test_runner_without_our_proposer_fails_loudly():
+    """Serving DSpark with the proposer not at `runner.drafter` (vLLM moved it) is an error, not untrimmed drafts;
+    a runner serving no DSpark drafter runs untouched."""
+    module = _fake_runner_module()
+    trim.wrap_methods(module.GPUModelRunner, dict.fromkeys(trim._originals), trim._wrappers)
+    runner = module.GPUModelRunner()
+    runner.requests = {}
+    runner.vllm_config, runner.drafter = vllm_config(), types.SimpleNamespace()
+    with pytest.raises(RuntimeError, match=r"`GPUModelRunner\.drafter` is SimpleNamespace, not the DSpark proposer"):
+        runner.execute_model(_output())
+    runner.vllm_config = types.SimpleNamespace(speculative_config=None)
+    assert runner.execute_model(_output()) is None and runner.seen == _output()
+
+
+def test_cut_counts_on_an_unknown_step_output_fail_loudly():
+    with pytest.raises(RuntimeError, match="neither `get_output`.*nor `sampled_token_ids`"):
+        trim.attach_unverified(types.SimpleNamespace(tokens=[[1]]), {"a": 1})
+
+
 def test_scheduler_stats_count_verified_drafts(monkeypatch):
     from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -157,24 +179,20 @@ def test_scheduler_stats_count_verified_drafts(monkeypatch):
     assert same is stats and stats.num_drafts == 1  # cut to 0 drafts: no draft round
 
 
-def _confidence_proposer():
-    """A DSparkProposer with only what verify_lengths reads: mode confidence, γ 4, step time 10 ms + 0.5 ms/token."""
-    from vllm_dspark.adapter.policy import VerifyLengthPolicy
-    from vllm_dspark.adapter.proposer import DSparkProposer
+def _confidence_proposer(monkeypatch):
+    """Mode confidence, γ 4, step time 10 ms + 0.5 ms/token, no online refit."""
     from vllm_dspark.scheduling.cost import CostTable
 
     xs = [1, 2, 4, 8, 16, 32, 64]
-    table = CostTable(np.array(xs), np.array([10e-3 + 0.5e-3 * x for x in xs]))
-    prop = object.__new__(DSparkProposer)
-    prop.policy = VerifyLengthPolicy("confidence", 4, table, online_refit=False)
-    prop._dump_path, prop._warned_no_table, prop._last_log_t = None, False, time.monotonic()
+    prop = make_proposer(monkeypatch, mode="confidence", online_refit=False)
+    prop.policy.table = CostTable(np.array(xs), np.array([10e-3 + 0.5e-3 * x for x in xs]))
     return prop
 
 
-def test_proposer_lengths_from_the_last_rounds_confidences():
+def test_proposer_lengths_from_the_last_rounds_confidences(monkeypatch):
     from vllm_dspark.adapter.proposer import PendingConfidences
 
-    prop = _confidence_proposer()
+    prop = _confidence_proposer(monkeypatch)
     # rows: a certain (conf 1), b hopeless (conf 0), d drafted but not scheduled now
     prop._pending = PendingConfidences(["a", "b", "d"], torch.tensor([[1.0] * 4, [0.0] * 4, [1.0] * 4]), None, None)
     lengths = prop.verify_lengths({"a": [1, 2, 3], "b": [4, 5, 6, 7], "c": [8, 9]})
@@ -185,12 +203,12 @@ def test_proposer_lengths_from_the_last_rounds_confidences():
     assert prop.verify_lengths({"a": [1]}) == {}  # consumed: the next step's drafts need the next round's conf
 
 
-def test_proposer_verifies_seeded_requests_in_full():
+def test_proposer_verifies_seeded_requests_in_full(monkeypatch):
     """A seeded request keeps every scheduled draft even when its confidences say cut (its output must not depend
     on the batch's load); the unseeded one beside it is still cut by the policy."""
     from vllm_dspark.adapter.proposer import PendingConfidences
 
-    prop = _confidence_proposer()
+    prop = _confidence_proposer(monkeypatch)
     hopeless = torch.zeros(2, 4)
     prop._pending = PendingConfidences(["s", "u"], hopeless, None, None, frozenset({"s"}))
     assert prop.verify_lengths({"s": [1, 2, 3, 4], "u": [5, 6, 7, 8]}) == {"u": 0}  # s absent: all 4 verified

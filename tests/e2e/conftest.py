@@ -55,9 +55,12 @@ class ServerPool:
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
+        self.gamma = GAMMA
         table = write_linear_cost_table(workdir / "cost_table.json")
         common = list(COMMON_ARGS)
         self.dump = workdir / "drafts.jsonl"
+        self.dumps = {"confidence": self.dump, "sla": workdir / "sla_drafts.jsonl"}  # VLLM_DSPARK_DEBUG_DUMP
+        self.step_trace = workdir / "sla_steps.jsonl"  # VLLM_DSPARK_STEP_TRACE of the sla server
         self.dynamic_schedule = DYNAMIC_SCHEDULE
         self.servers = {
             "plain": Server("plain", common, {}, workdir / "plain.log"),
@@ -65,8 +68,9 @@ class ServerPool:
             "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
                                                                            online_refit=False, draft_gate=False),
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
-            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
-                          workdir / "sla.log"),
+            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0),
+                          {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["sla"]),
+                           "VLLM_DSPARK_STEP_TRACE": str(self.step_trace)}, workdir / "sla.log"),
             "dynamic": Server("dynamic", common + _speculative(
                 "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
                 workdir / "dynamic.log"),

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # its sibling modules; the repository root (benchmarks)
 
 from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter  # noqa: E402
-from clients import chats, client, completions  # noqa: E402
+from clients import chats, client, completions, model_id  # noqa: E402
 from server import Server  # noqa: E402
 
 GAMMA = 4
@@ -69,7 +69,7 @@ def servers(target: Path, drafter: Path, logs: Path, cpu: bool = False) -> dict[
 
 def throughput(server: Server, prompts: list[str], concurrency: int, num: int, tokens: int = 128) -> dict:
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
     before = server.metrics()
 
     def one(prompt):

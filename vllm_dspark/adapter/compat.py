@@ -23,7 +23,6 @@ WORKER_CLASSES = (  # (module, class) whose compile_or_warm_up_model ends engine
     ("vllm.v1.worker.gpu_worker", "Worker"),
     ("vllm.v1.worker.cpu_worker", "CPUWorker"),
 )
-STAT_LOGGER_HOSTS = ("vllm.v1.metrics.loggers", "vllm.v1.engine.async_llm")  # import load_stat_logger_plugin_factories
 
 # Architecture names: the drafter's config says `Qwen3DSparkModel`; method "dflash" makes vLLM wrap it as
 # `DFlash` + name (EAGLEConfig), which is the name we register our model class under.

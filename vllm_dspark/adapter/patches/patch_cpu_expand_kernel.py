@@ -11,7 +11,8 @@ Fix: replace the function with a torch implementation that writes into `output` 
 plugins load before the CPU platform registers its kernel overrides (worker_base.init_worker), which read the
 function from the module at registration time; if the overrides were registered already, we register ours again.
 Applied only on CPU and only while the installed function still has the buggy shape (so an upstream fix turns
-this patch off by itself).
+this patch off by itself). When its source cannot be read (no .py files installed), the fix is applied anyway
+(it is correct for a fixed vLLM too) and an error is logged; when the function is gone, start fails naming it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from types import ModuleType
 
 import torch
 
+from vllm_dspark.adapter import compat
 from vllm_dspark.adapter.patches._import_hook import when_imported
+
+logger = compat.get_logger(__name__)
 
 MODULE = "vllm.utils.cpu_triton_utils"
 ATTR = "_expand_kernel_impl"
@@ -38,17 +42,27 @@ def expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_t
     output[:total].copy_(torch.repeat_interleave(vals, counts).to(output.dtype))
 
 
-def is_buggy(func) -> bool:
+def is_buggy(func) -> bool | None:
+    """Whether `func` has the int64-copy bug; None when its source cannot be read."""
     try:
         return BUGGY_FRAGMENT in inspect.getsource(func)
     except (OSError, TypeError):
-        return False
+        return None
 
 
 def _patch(module: ModuleType) -> None:
     global _original
     current = getattr(module, ATTR, None)
-    if current is expand_kernel_impl or current is None or not is_buggy(current):
+    if current is None:
+        raise RuntimeError(f"vllm-dspark: {MODULE}.{ATTR} is gone in this vLLM; cannot tell whether speculative "
+                           "sampling at temperature > 0 on CPU is lossless (see patch_cpu_expand_kernel)")
+    if current is expand_kernel_impl:
+        return
+    buggy = is_buggy(current)
+    if buggy is None:
+        logger.error("vllm-dspark: cannot read the source of %s.%s to check it for the int64-copy bug (%r); "
+                     "installing the fix anyway, which is correct either way", MODULE, ATTR, BUGGY_FRAGMENT)
+    if buggy is False:
         return
     _original = current
     setattr(module, ATTR, expand_kernel_impl)

@@ -23,6 +23,7 @@ import functools
 from types import ModuleType
 
 from vllm_dspark.adapter.patches._import_hook import when_imported
+from vllm_dspark.adapter.patches._lookup import dspark_drafter
 from vllm_dspark.adapter.patches._wrap import wrap_methods
 
 MODULE = "vllm.v1.worker.gpu_model_runner"
@@ -98,21 +99,23 @@ def attach_unverified(output, cut: dict[str, int]):
         output.get_output = resolved
     elif hasattr(output, "sampled_token_ids"):  # ModelRunnerOutput (pickled with its attributes)
         setattr(output, UNVERIFIED_ATTR, cut)
+    else:  # the scheduler would count the cut drafts as verified ones
+        raise RuntimeError(f"vllm-dspark: the runner's step output {type(output).__name__} has neither "
+                           "`get_output` (AsyncModelRunnerOutput) nor `sampled_token_ids` (ModelRunnerOutput); this "
+                           "vLLM changed its step output, so drafts cut to the verification lengths cannot be reported")
     return output
 
 
-def _trimming_drafter(runner):
-    drafter = getattr(runner, "drafter", None)
-    serving = getattr(drafter, "serving", None)
-    if getattr(drafter, "is_dspark", False) and serving is not None and serving.mode != "static":
-        return drafter
-    return None
+def trimming_drafter(runner):
+    """The runner's DSpark proposer when it picks verification lengths (modes confidence / sla), else None."""
+    drafter = dspark_drafter(runner, "trim drafts to the verification lengths")
+    return drafter if drafter is not None and drafter.serving.mode != "static" else None
 
 
 def _wrappers(execute_model, sample_tokens) -> dict:
     def wrapped_execute_model(self, scheduler_output, *args, **kwargs):
         self._dspark_trim = None
-        drafter = _trimming_drafter(self)
+        drafter = trimming_drafter(self)
         if drafter is None:
             return execute_model(self, scheduler_output, *args, **kwargs)
         lengths = drafter.verify_lengths(scheduler_output.scheduled_spec_decode_tokens)
