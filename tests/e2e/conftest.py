@@ -37,8 +37,9 @@ def _speculative(mode: str, drafter: Path, vllm_keys: dict | None = None, **extr
 
 
 # "dynamic": static mode under vLLM's dynamic speculative decoding (async scheduling kept): full γ for one
-# request in flight, 2 drafts from two on (a schedule `vllm-dspark schedule` could print).
-DYNAMIC_SCHEDULE = [[1, 1, GAMMA], [2, MAX_NUM_SEQS, 2]]
+# request in flight, 2 drafts from two on, none with all MAX_NUM_SEQS in flight (the round then only keeps the
+# drafter's context K/V; a schedule `vllm-dspark schedule` could print).
+DYNAMIC_SCHEDULE = [[1, 1, GAMMA], [2, MAX_NUM_SEQS - 1, 2], [MAX_NUM_SEQS, MAX_NUM_SEQS, 0]]
 
 
 def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> Path:

@@ -152,7 +152,8 @@ def test_verify_lengths_shrink_under_load(servers, e2e_prompts):
 
 
 def test_dynamic_gamma_follows_the_batch_schedule(servers, e2e_prompts):
-    """conftest.DYNAMIC_SCHEDULE: γ = 4 with one request in flight, 2 from two on (vLLM picks K per step)."""
+    """conftest.DYNAMIC_SCHEDULE: γ = 4 with one request in flight, 2 from two on, 0 with all 16 (vLLM picks K per
+    step; steps without drafts are no verify rounds)."""
     server = servers.get("dynamic")
     full, reduced = servers.dynamic_schedule[0][2], servers.dynamic_schedule[1][2]
     rounds = "dspark:verify_rounds_total"  # drafts verified per request-round

@@ -346,22 +346,24 @@ class DSparkProposer(DFlashProposer):
         self._conf_logits = self._request_temps = None
         self._pending = None  # confidences of older drafts must never trim these
         num_req = cad.batch_size()
-        if num_speculative_tokens > 0 and not self._gate_says_draft(num_req, kwargs["sampling_metadata"]):
-            self._phases = {}
+        self._phases = {}
+        if num_speculative_tokens == 0:  # vLLM's dynamic speculative decoding turned drafting off this step
+            self._last_round = (num_req, False, 0.0)
+            drafts = self._skip_round(0, **kwargs)  # [R, 0]
+            self._round_phases = self._phases
+            return drafts
+        if not self._gate_says_draft(num_req, kwargs["sampling_metadata"]):
             drafts = self._skip_round(num_speculative_tokens, **kwargs)
             self._round_phases = self._phases
             self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None, None,
                                                skipped=True)
             self._last_round = (num_req, False, 0.0)
             return drafts
-        self._phases = {}
         self._timer.start()
         drafts = super().propose(num_speculative_tokens, **kwargs)  # [R, γ]
         self._timer.stop()
         self._round_phases = self._phases
-        self._last_round = (num_req, True, 0.0 if drafts.shape[1] == 0 else -1.0)
-        if drafts.shape[1] == 0:
-            return drafts
+        self._last_round = (num_req, True, -1.0)
         records = self._dump_records(drafts) if self._dump_path else None
         if self.serving.mode == "static" or self._conf_logits is None:
             if records:
@@ -385,7 +387,12 @@ class DSparkProposer(DFlashProposer):
     def _skip_round(self, num_speculative_tokens, *, target_token_ids, target_positions, target_hidden_states,
                     next_token_ids, token_indices_to_sample, common_attn_metadata, num_rejected_tokens_gpu=None,
                     **_unused) -> torch.Tensor:
-        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none)."""
+        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none).
+
+        Only the context K/V must be kept: a position's K/V comes from the target's hidden state there, written in
+        the round after the target processed it; the draft block's own K/V (anchor and masks) is overwritten by
+        those before any later round reads it. So skipping the block's forward, LM head and heads loses nothing.
+        """
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
         hidden = self.model.combine_hidden_states(target_hidden_states)
