@@ -3,7 +3,7 @@
 vllm-dspark runs on vLLM's **V1** model runner (CPU builds only have V1; on GPUs vLLM picks V2 for DFlash drafters
 by default, and the plugin selects V1 with `VLLM_USE_V2_MODEL_RUNNER=0` when DSpark is configured). The gate has
 three levels (`check_supported`, `verification_note`):
-- a release run with the test suite here (`RUN`): accepted silently;
+- a release the test suite ran on (`RUN`): accepted silently;
 - a release whose source was read for every symbol the adapter patches or relies on (`READ`; the release-by-patch
   table is `patches/CATALOG.md`) but that was not run: accepted, with one warning line at start saying so;
 - anything else: refused at start, naming the supported releases.
