@@ -110,7 +110,7 @@ def test_confidence_mode_refused_where_the_runner_is_not_patched(dirs, monkeypat
     ("0.32.0", True, False, False), ("0.33.0", True, True, False), ("0.33.0", False, True, True),
     ("0.26.0", False, True, True),
 ])
-def test_start_up_lines(monkeypatch, caplog, version, is_cpu, warned, v2_line):
+def test_start_up_lines(monkeypatch, version, is_cpu, warned, v2_line):
     """One warning on a release read but not run; on GPUs, one line saying V1 is selected over vLLM's V2 default."""
     import logging
 
@@ -121,19 +121,22 @@ def test_start_up_lines(monkeypatch, caplog, version, is_cpu, warned, v2_line):
 
     monkeypatch.setattr(compat, "vllm_version", lambda: Version(version))
     monkeypatch.setattr(current_platform, "is_cpu", lambda: is_cpu)
-    ours_logger = logging.getLogger("vllm.dspark")  # vLLM's `vllm` logger does not propagate to the root
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.INFO)
+    collect.emit = records.append
+    ours_logger = logging.getLogger("vllm.dspark")  # vLLM's `vllm` logger may not propagate to the root
     level = ours_logger.level
     ours_logger.setLevel(logging.INFO)
-    ours_logger.addHandler(caplog.handler)
+    ours_logger.addHandler(collect)
     patch_engine_args._log_release_notes.cache_clear()
     try:
         patch_engine_args._log_release_notes()
         patch_engine_args._log_release_notes()  # a second engine config in the process: nothing more
     finally:
         patch_engine_args._log_release_notes.cache_clear()
-        ours_logger.removeHandler(caplog.handler)
+        ours_logger.removeHandler(collect)
         ours_logger.setLevel(level)
-    ours = [r for r in caplog.records if r.name.startswith("vllm.dspark")]
+    ours = [r for r in records if r.name.startswith("vllm.dspark")]
     warnings = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
     assert len(warnings) == int(warned)
     if warned:

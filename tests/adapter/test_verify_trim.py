@@ -55,9 +55,21 @@ def test_trim_without_cuts_returns_the_input():
     assert out is original and scheduled == {} and cut == {}
 
 
-def test_grammar_bitmask_keeps_the_rows_of_verified_positions():
-    from vllm.v1.core.sched.output import GrammarOutput
+# vLLM's `GrammarOutput` by release (tests/adapter/test_patches.py checks the installed one's fields).
+@dataclasses.dataclass
+class GrammarOutput:  # vLLM >= 0.32
+    structured_output_request_ids: list
+    grammar_bitmask: np.ndarray
+    num_acceptable_drafts: list | None = None
 
+
+@dataclasses.dataclass
+class GrammarOutputUpTo031:  # vLLM 0.26 ... 0.31: no num_acceptable_drafts
+    structured_output_request_ids: list
+    grammar_bitmask: np.ndarray
+
+
+def test_grammar_bitmask_keeps_the_rows_of_verified_positions():
     # The scheduler's rows: b 1 + 4 (0..4), a 1 + 4 (5..9), d 1 + 4 (10..14), in structured_output_request_ids order.
     grammar = GrammarOutput(["b", "a", "d"], np.arange(15, dtype=np.int32)[:, None], [4, 4, 3])
     out, scheduled, _ = trim.trim_scheduled_drafts(_output(), {"a": 2, "b": 0})
@@ -65,12 +77,6 @@ def test_grammar_bitmask_keeps_the_rows_of_verified_positions():
     assert got.grammar_bitmask[:, 0].tolist() == [0, 5, 6, 7, 10, 11, 12, 13, 14]
     assert got.structured_output_request_ids == ["b", "a", "d"] and got.num_acceptable_drafts == [0, 2, 3]
     assert trim.trim_grammar_output(grammar, _output().scheduled_spec_decode_tokens, {}) is grammar
-
-
-@dataclasses.dataclass
-class GrammarOutputUpTo031:  # vLLM 0.26 ... 0.31: no num_acceptable_drafts
-    structured_output_request_ids: list
-    grammar_bitmask: np.ndarray
 
 
 def test_grammar_output_without_acceptable_drafts_field():
@@ -109,8 +115,6 @@ def _rows_read(bitmask: np.ndarray, req_ids: list, runner_spec: dict, fixed_stri
 
 @pytest.mark.parametrize("fixed_stride", [False, True], ids=["packed<=0.32", "fixed-stride-0.33"])
 def test_trimmed_requests_read_the_masks_of_their_kept_drafts(fixed_stride):
-    from vllm.v1.core.sched.output import GrammarOutput
-
     req_ids = ["b", "c", "a", "d"]  # structured-output requests in the scheduler's order; c was scheduled 2 of γ = 4
     sched = _output()
     bitmask = _bitmask(sched.scheduled_spec_decode_tokens, req_ids, 4 if fixed_stride else None)
@@ -189,8 +193,6 @@ def test_wrapped_runner_trims_before_the_target_and_reports_the_tail(monkeypatch
     assert sched == _output()
     assert runner.requests["a"].prev_num_draft_len == 4  # scheduled, not verified (optimistic count)
     assert runner.requests["b"].prev_num_draft_len == 4 and runner.requests["c"].prev_num_draft_len == 2
-    from vllm.v1.core.sched.output import GrammarOutput
-
     out = runner.sample_tokens(GrammarOutput(["a"], np.arange(5, dtype=np.int32)[:, None]))
     assert getattr(out, trim.UNVERIFIED_ATTR) == {"a": 3}
     # a: sampled position + its 1 verified draft (packed), or all its rows in place (0.33's fixed stride)
