@@ -51,8 +51,8 @@ def servers(target: Path, drafter: Path, logs: Path, cpu: bool = False) -> dict[
             s["dspark"] = dspark
         return ["--speculative-config", json.dumps(s)]
 
-    # Modes confidence / sla trim drafts inside vLLM's runner (a patch gated to the releases it was run with);
-    # where it is not available (e.g. vLLM 0.26) they are refused at start, so this server runs mode static there.
+    # Modes confidence / sla trim drafts inside vLLM's runner (patch_runner_trim, on every supported release);
+    # a release without it would refuse them at start, so this server would run mode static there.
     from vllm_dspark.adapter import patches
 
     mode = "confidence" if patches.supports_verify_lengths() else "static"

