@@ -8,6 +8,7 @@ counts as rejected there), and the stats count n drafts (no draft round when n =
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import types
 
@@ -212,7 +213,8 @@ def test_runner_without_our_proposer_fails_loudly():
     """Serving DSpark with the proposer not at `runner.drafter` (vLLM moved it) is an error, not untrimmed drafts;
     a runner serving no DSpark drafter runs untouched."""
     module = _fake_runner_module()
-    trim.wrap_methods(module.GPUModelRunner, dict.fromkeys(trim._originals), trim._wrappers)
+    trim.wrap_methods(module.GPUModelRunner, dict.fromkeys(trim._originals),
+                      functools.partial(trim._wrappers, fixed_stride=False))
     runner = module.GPUModelRunner()
     runner.requests = {}
     runner.vllm_config, runner.drafter = vllm_config(), types.SimpleNamespace()

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_only_vllm_dspark_is_a_regular_package_at_the_repository_root():
+    """`kernels/` and `benchmarks/` (PyPI has distributions of both names) are namespace folders: a regular package
+    of the same name anywhere on sys.path wins over them."""
     packages = sorted(d.name for d in REPO.iterdir() if (d / "__init__.py").is_file())
     assert packages == ["vllm_dspark"]
 
