@@ -13,6 +13,7 @@ opening a cache built from anything else is refused, so a stale cache cannot tra
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -100,11 +101,22 @@ class FeatureCache:
         dtype: str = "float32", max_bytes: int | None = None, batch_tokens: int = 4096,
         autocast: torch.autocast | None = None, progress: bool = False,
     ) -> "FeatureCache":
-        """Run the target over every record once and write the cache; reuse one built from the same inputs."""
+        """Run the target over every record once and write the cache; reuse one built from the same inputs.
+
+        Processes that build the same cache at once (two recipes side by side) take turns: the second finds it done.
+        """
         path = Path(path)
         meta = cls.expected_meta(target, records, layer_ids, dtype)
-        if (path / "meta.json").is_file():
-            return cls.open(path, meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (path / "meta.json").is_file():
+                return cls.open(path, meta)
+            return cls._write(path, meta, target, records, layer_ids, max_bytes, batch_tokens, autocast, progress)
+
+    @classmethod
+    def _write(cls, path, meta, target, records, layer_ids, max_bytes, batch_tokens, autocast, progress):
+        dtype = meta["dtype"]
         if path.exists() and any(path.iterdir()):
             raise FeatureCacheError(f"{path} exists and is not a complete feature cache: delete it or pick another")
         size = cls.nbytes(meta)
@@ -123,13 +135,15 @@ class FeatureCache:
         width = meta["feature_size"] + meta["hidden_size"]
         store = np.lib.format.open_memmap(tmp / "rows.npy", mode="w+", dtype=np_dtype, shape=(int(offsets[-1]), width))
         rows = torch.from_numpy(store).view(torch_dtype)
+        done = 0
         for chunk in _length_sorted_chunks(lengths, batch_tokens):
             ids = [records[i].token_ids for i in chunk]
             feats, last = _target_rows(target, ids, layer_ids, autocast)
             for b, i in enumerate(chunk):
                 rows[offsets[i]: offsets[i + 1]] = torch.cat([feats[b], last[b]], -1)[: lengths[i]].to(torch_dtype)
-            if progress:
-                print(f"feature cache: {chunk[-1] + 1} / {len(records)} records", flush=True)
+            if progress and (done + len(chunk)) * 10 // len(records) > done * 10 // len(records):
+                print(f"feature cache {path}: {done + len(chunk)} / {len(records)} records", flush=True)
+            done += len(chunk)
         store.flush()
         del store, rows
         np.save(tmp / "offsets.npy", offsets)

@@ -94,6 +94,7 @@ class TrainConfig:
     feature_cache: str | None = None  # folder of the target's features, computed once (features.py)
     feature_cache_max_gb: float = 16.0
     init_from_target_layer: int | None = None  # copy this target layer into the drafter's layers (warm start)
+    fused_loss: bool = False  # CE + TV with a hand-written gradient, block by block (fused_loss.py)
     compile: bool = False
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -264,6 +265,7 @@ def load_checkpoint(path: Path, drafter: nn.Module, opt, d: Dist) -> tuple[int, 
 def compute_loss(
     module: nn.Module, target: nn.Module, batch: Batch, layer_ids: list[int], gamma: int, loss_cfg: LossConfig,
     autocast: torch.autocast | None, cache: FeatureCache | None = None, indices: list[int] | None = None,
+    fused_loss: bool = False,
 ) -> LossSums:
     """`cache` + the batch's record `indices`: read the target's features instead of running its layers."""
     n, a, _ = batch.labels.shape
@@ -283,7 +285,7 @@ def compute_loss(
     valid = batch.slot_valid
     slots = torch.arange(gamma, device=valid.device).expand_as(valid)[valid]
     target_logits = tp.logits.view(n, a, gamma, -1)[valid]
-    return slot_losses(logits, target_logits, batch.labels[valid], slots, gamma, loss_cfg, conf)
+    return slot_losses(logits, target_logits, batch.labels[valid], slots, gamma, loss_cfg, conf, fused=fused_loss)
 
 
 def module_inner(module: nn.Module) -> nn.Module:
@@ -382,7 +384,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         mine = indices[d.rank * cfg.batch_size: (d.rank + 1) * cfg.batch_size]
         batch = make_batch(records, mine, gamma=gamma, num_anchors=cfg.num_anchors, region=cfg.anchor_region,
                            seed=cfg.seed, step=step, pad_id=pad_id).to(device)
-        sums = compute_loss(module, target, batch, layer_ids, gamma, cfg.loss, autocast, cache, mine)
+        sums = compute_loss(module, target, batch, layer_ids, gamma, cfg.loss, autocast, cache, mine, cfg.fused_loss)
         global_weight = all_reduce_sum(sums.weight.detach(), d)
         loss = sums.weighted * d.world / global_weight.clamp_min(1e-12)
         opt.zero_grad(set_to_none=True)
