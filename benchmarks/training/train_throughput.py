@@ -7,9 +7,10 @@
 Each (repeat, arm) is a fresh process pinned to one core (`taskset -c CPU`, one intra-op thread) that runs the real
 training loop (`trainer.train`) for WARMUP + STEPS steps and reads the step times from its metrics.jsonl; arms run
 in turn within each repeat, so a change of machine load hits every arm alike. Reported per arm (median over
-repeats): seconds per step, anchor blocks / s, drafted tokens (valid slots) / s, context tokens / s, and achieved
-GFLOP/s (matmul + attention FLOPs of one step, counted by torch's FlopCounterMode, over the step time) next to the
-core's matmul rate measured in the same process (fp32 and bf16) and the nominal peaks from the CPU flags.
+repeats) of the CPU seconds per step (process time: what a step costs, whatever share of the core other processes
+of a shared machine take; the wall time is reported beside it), and per CPU-second: anchor blocks, drafted tokens
+(valid slots), context tokens and GFLOP (matmul + attention FLOPs of a step, counted by torch's FlopCounterMode),
+next to the core's matmul rate measured in the same process (fp32, bf16) and the nominal peaks from the CPU flags.
 An arm `before` runs the code of another commit (--before-src, a checkout or `git archive` of it) for reference.
 Feature caches are built once per storage dtype before the timed runs (the build time is reported).
 """
@@ -86,8 +87,20 @@ def worker(args) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from vllm_dspark.training import trainer
     from vllm_dspark.training.data import global_batch_indices, make_batch, read_records
     from vllm_dspark.training.trainer import TrainConfig, train
+
+    # Each step calls compute_loss once: (wall, CPU) clocks there delimit the steps. CPU time is what the step cost
+    # this process, whatever share of the core the other processes of a shared machine took meanwhile.
+    marks: list[tuple[float, float]] = []
+    compute_loss = trainer.compute_loss
+
+    def marked(*a, **k):
+        marks.append((time.perf_counter(), time.process_time()))
+        return compute_loss(*a, **k)
+
+    trainer.compute_loss = marked
 
     arm = dict(RECIPE, **ARMS[args.arm])
     cache_kind = arm.pop("feature_cache", None)
@@ -95,13 +108,15 @@ def worker(args) -> dict:
         arm["feature_cache"] = str(Path(args.cache_root) / cache_kind)
     steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(target=args.target, data=args.data, out=tmp, max_steps=steps, save_every=0,
+        cfg = TrainConfig(target=args.target, data=args.data, out=tmp, max_steps=steps + 1, save_every=0,
                           log_every=1, progress=False, device="cpu", seed=0, **arm)
         t0 = time.perf_counter()
         summary = train(cfg)
         total = time.perf_counter() - t0
-        elapsed = [json.loads(x)["elapsed_s"] for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    step_times = [b - a for a, b in zip(elapsed[args.warmup - 1:], elapsed[args.warmup:])]
+    trainer.compute_loss = compute_loss
+    timed = marks[args.warmup: steps + 1]
+    step_times = [b[0] - a[0] for a, b in zip(timed, timed[1:])]
+    cpu_times = [b[1] - a[1] for a, b in zip(timed, timed[1:])]
     # what the timed steps processed (the same batches the loop built)
     records, _ = read_records(args.data, vocab_size=8192, max_seq_len=cfg.max_seq_len, long=cfg.long)
     blocks = slots = tokens = 0
@@ -113,6 +128,7 @@ def worker(args) -> dict:
         slots += int(b.slot_valid.sum())
         tokens += int(b.attention_mask.sum())
     result = {"arm": args.arm, "config": {k: v for k, v in arm.items()}, "step_times": step_times,
+              "cpu_times": cpu_times, "load": os.getloadavg(),
               "anchor_blocks": blocks, "slots": slots, "context_tokens": tokens, "run_seconds": total,
               "accept_proxy_last": summary["last_log"].get("accept_proxy")}
     if args.count_flops:
@@ -167,44 +183,46 @@ def run_child(args, mode: str, arm: str, count_flops: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs: list[dict], facts: dict) -> list[dict]:
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per arm: median over repeats of the mean step time; rates per CPU-second (the primary measure) and per wall s."""
     rows = []
     base = None
     for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
-        per_step = statistics.median(statistics.mean(r["step_times"]) for r in mine)
-        n = len(mine[0]["step_times"])
+        cpu = statistics.median(statistics.mean(r["cpu_times"]) for r in mine)
+        wall = statistics.median(statistics.mean(r["step_times"]) for r in mine)
+        n = len(mine[0]["cpu_times"])
         flop_run = next((r for r in mine if "flops_first_step" in r), None)
-        # FLOPs scale with the drafted slots; the first step's count, per slot, times the timed steps' slots
-        flops_per_step = (flop_run["flops_first_step"] / flop_run["first_step_slots"] * mine[0]["slots"] / n
-                          if flop_run else None)
+        # FLOPs scale with the drafted slots: the first step's count per slot, times the timed steps' slots
+        flops = (flop_run["flops_first_step"] / flop_run["first_step_slots"] * mine[0]["slots"] / n
+                 if flop_run else None)
         row = {
-            "arm": arm, "s_per_step": per_step, "spread": [round(statistics.mean(r["step_times"]), 3) for r in mine],
-            "anchor_blocks_per_s": mine[0]["anchor_blocks"] / n / per_step,
-            "draft_tokens_per_s": mine[0]["slots"] / n / per_step,
-            "context_tokens_per_s": mine[0]["context_tokens"] / n / per_step,
-            "gflop_per_step": None if flops_per_step is None else flops_per_step / 1e9,
-            "achieved_gflops": None if flops_per_step is None else flops_per_step / per_step / 1e9,
+            "arm": arm, "cpu_s_per_step": cpu, "wall_s_per_step": wall,
+            "cpu_s_runs": [round(statistics.mean(r["cpu_times"]), 3) for r in mine],
+            "anchor_blocks_per_cpu_s": mine[0]["anchor_blocks"] / n / cpu,
+            "draft_tokens_per_cpu_s": mine[0]["slots"] / n / cpu,
+            "context_tokens_per_cpu_s": mine[0]["context_tokens"] / n / cpu,
+            "gflop_per_step": None if flops is None else flops / 1e9,
+            "gflops_per_cpu_s": None if flops is None else flops / cpu / 1e9,
             "matmul_gflops": flop_run.get("matmul_gflops") if flop_run else None,
         }
-        if base is None:
-            base = row["anchor_blocks_per_s"]
-        row["speedup_blocks_per_s"] = row["anchor_blocks_per_s"] / base
+        base = base or row["anchor_blocks_per_cpu_s"]
+        row["speedup"] = row["anchor_blocks_per_cpu_s"] / base
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| arm | s/step (runs) | anchor blocks/s | draft tokens/s | context tokens/s | GFLOP/step | GFLOP/s | "
-            "speed-up |\n|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    lines = ["| arm | CPU s/step (runs) | wall s/step | anchor blocks / CPU-s | draft tokens / CPU-s | "
+             "context tokens / CPU-s | GFLOP/step | GFLOP / CPU-s | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = "–" if r["gflop_per_step"] is None else f"{r['gflop_per_step']:.1f}"
-        a = "–" if r["achieved_gflops"] is None else f"{r['achieved_gflops']:.0f}"
-        lines.append(f"| {r['arm']} | {r['s_per_step']:.3f} ({', '.join(map(str, r['spread']))}) | "
-                     f"{r['anchor_blocks_per_s']:.1f} | {r['draft_tokens_per_s']:.0f} | "
-                     f"{r['context_tokens_per_s']:.0f} | "
-                     f"{g} | {a} | {r['speedup_blocks_per_s']:.2f}× |")
+        a = "–" if r["gflops_per_cpu_s"] is None else f"{r['gflops_per_cpu_s']:.0f}"
+        lines.append(f"| {r['arm']} | {r['cpu_s_per_step']:.3f} ({', '.join(map(str, r['cpu_s_runs']))}) | "
+                     f"{r['wall_s_per_step']:.2f} | {r['anchor_blocks_per_cpu_s']:.1f} | "
+                     f"{r['draft_tokens_per_cpu_s']:.0f} | {r['context_tokens_per_cpu_s']:.0f} | {g} | {a} | "
+                     f"{r['speedup']:.2f}× |")
     return "\n".join(lines)
 
 
@@ -247,9 +265,10 @@ def main() -> int:
     for rep in range(args.repeats):
         for arm in arms:
             r = run_child(args, "arm", arm, count_flops=rep == 0)
-            print(f"repeat {rep} {arm}: {statistics.mean(r['step_times']):.3f} s/step", flush=True)
+            print(f"repeat {rep} {arm}: {statistics.mean(r['cpu_times']):.3f} CPU s/step, "
+                  f"{statistics.mean(r['step_times']):.3f} wall s/step, load {r['load'][0]:.1f}", flush=True)
             runs.append(r)
-    rows = summarise(runs, facts)
+    rows = summarise(runs)
     facts["load_at_end"] = os.getloadavg()
     print(json.dumps(facts, indent=1))
     for b in built:

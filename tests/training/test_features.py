@@ -81,9 +81,10 @@ def test_cache_refuses_other_inputs_and_the_disk_bound(tmp_path, setup):
     assert not (tmp_path / "small").exists()
 
 
-def test_training_from_the_cache_equals_online_training(tmp_path, tiny_target, tiny_data):
-    online = train(tiny_train_config(tiny_target, tiny_data, tmp_path / "on", max_steps=3))
-    cached = train(tiny_train_config(tiny_target, tiny_data, tmp_path / "ca", max_steps=3,
+@pytest.mark.parametrize("algo", ["dspark", "eagle3"])
+def test_training_from_the_cache_equals_online_training(tmp_path, tiny_target, tiny_data, algo):
+    online = train(tiny_train_config(tiny_target, tiny_data, tmp_path / "on", max_steps=3, algo=algo))
+    cached = train(tiny_train_config(tiny_target, tiny_data, tmp_path / "ca", max_steps=3, algo=algo,
                                      feature_cache=str(tmp_path / "cache")))
     assert (tmp_path / "cache" / "meta.json").is_file()
     logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("on", "ca")]
