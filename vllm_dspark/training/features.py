@@ -181,7 +181,7 @@ class FeatureCache:
         out = torch.zeros(len(indices), seq_len, self.rows.shape[1], dtype=torch.float32)
         for b, i in enumerate(indices):
             r = self.record_rows(i)
-            out[b, : r.shape[0]] = r.float()
+            out[b, : r.shape[0]].copy_(r)
         device = positions.device
         out = out.to(device)
         features, last = out[..., : self.feature_size], out[..., self.feature_size:]
