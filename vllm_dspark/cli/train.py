@@ -1,4 +1,4 @@
-"""`vllm-dspark train`: train a DSpark / DFlash / EAGLE-3 drafter with an online target (no disk cache).
+"""`vllm-dspark train`: train a DSpark / DFlash / EAGLE-3 drafter with an online target (or its cached features).
 
 Several processes: `torchrun --nproc-per-node K -m vllm_dspark train ...` (DDP; NCCL on GPUs, gloo on CPU).
 """
@@ -56,6 +56,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     g.add_argument("--target-dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the drafter's training forward")
+    g.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 compute with fp32 weights: auto = when the target runs in bf16 (GPU); bf16 = also on "
+                        "CPUs with AMX / avx512_bf16 (several times faster there)")
+    g.add_argument("--feature-cache", default=None,
+                   help="folder for the target's features, computed once before training and read back at every "
+                        "step (the target is frozen); reused when it matches the target, data and layers")
+    g.add_argument("--feature-cache-max-gb", type=float, default=16.0,
+                   help="refuse to build a feature cache larger than this")
+    g.add_argument("--fused-loss", action="store_true",
+                   help="CE + TV over the vocabulary block by block with a hand-written gradient (same loss, "
+                        "less memory traffic: faster on CPUs)")
+    g.add_argument("--init-from-target-layer", type=int, default=None,
+                   help="start the draft layers as a copy of this target layer (-1 = the top one); DSpark/DFlash")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0 = only at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=2)
     g.add_argument("--save-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -82,6 +95,8 @@ def config_from_args(args: argparse.Namespace):
         loss=LossConfig(alpha_ce=args.alpha_ce, alpha_tv=args.alpha_tv, alpha_conf=args.alpha_conf,
                         decay=args.loss_decay),
         seed=args.seed, device=args.device, target_dtype=args.target_dtype, compile=args.compile,
+        autocast=args.autocast, feature_cache=args.feature_cache, feature_cache_max_gb=args.feature_cache_max_gb,
+        init_from_target_layer=args.init_from_target_layer, fused_loss=args.fused_loss,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, save_dtype=args.save_dtype,
         resume=args.resume, log_every=args.log_every, progress=not args.no_progress,
     )

@@ -74,11 +74,19 @@ class ParallelDraftForward(nn.Module):
         if self.layout == "dflash":
             hidden = hidden[:, :, 1:]
         hidden = hidden.reshape(n * a, gamma, -1)  # [N·A, γ, H]
-        logits = d.lm_head(hidden.to(d.lm_head.weight.dtype))  # [N·A, γ, V]
-        w1_prev = None
-        if d.markov_head is not None:
-            bias, w1_prev = d.markov_head.teacher_forced(prev_ids.view(n * a, gamma), hidden)
-            logits = logits + bias
-        conf = d.confidence_head(hidden, w1_prev) if d.confidence_head is not None else None  # [N·A, γ]
+        # Vocabulary-sized outputs only for the valid slots: selecting the hidden rows first skips the LM head of
+        # invalid slots and a copy of the [N·A·γ, V] logits (forward and backward).
         valid = slot_valid.view(n * a, gamma)
-        return logits[valid], (None if conf is None else conf[valid])
+        rows = hidden[valid]  # [S, H]
+        logits = d.lm_head(rows.to(d.lm_head.weight.dtype))  # [S, V]
+        w1_prev = None
+        head = d.markov_head
+        if head is not None and head.head_type == "rnn":  # recurrent over the block: run it on whole blocks
+            bias, w1_prev = head.teacher_forced(prev_ids.view(n * a, gamma), hidden)
+            bias, w1_prev = bias[valid], w1_prev[valid]
+        elif head is not None:
+            bias, w1_prev, _ = head.step(prev_ids.view(n * a, gamma)[valid], rows)
+        if head is not None:
+            logits = logits + bias
+        conf = d.confidence_head(rows, w1_prev) if d.confidence_head is not None else None  # [S]
+        return logits, conf

@@ -43,9 +43,11 @@ from vllm_dspark.training.data import (
 )
 from vllm_dspark.training.dflash import DFlashDrafter, save_dflash
 from vllm_dspark.training.eagle3 import Eagle3Config, Eagle3Drafter, init_weights, save_eagle3
+from vllm_dspark.training.features import FeatureCache, open_for_training
 from vllm_dspark.training.losses import LossConfig, LossSums, slot_losses
 from vllm_dspark.training.online_target import run_target
 from vllm_dspark.training.parallel import ParallelDraftForward
+from vllm_dspark.training.warm_start import copy_target_layer
 
 Algo = Literal["dspark", "dflash", "eagle3"]
 SHARED = ("embed_tokens.weight", "lm_head.weight")
@@ -88,6 +90,11 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     target_dtype: str = "auto"
+    autocast: str = "auto"  # auto: bf16 iff the target runs in bf16; bf16: always (CPUs with AMX/avx512_bf16); off
+    feature_cache: str | None = None  # folder of the target's features, computed once (features.py)
+    feature_cache_max_gb: float = 16.0
+    init_from_target_layer: int | None = None  # copy this target layer into the drafter's layers (warm start)
+    fused_loss: bool = False  # CE + TV with a hand-written gradient, block by block (fused_loss.py)
     compile: bool = False
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -107,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"max_seq_len={self.max_seq_len} is too short for block_size={self.block_size}")
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"autocast must be auto, bf16 or off, got {self.autocast!r}")
 
 
 # --------------------------------------------------------------------------------------------- distributed
@@ -259,12 +268,17 @@ def load_checkpoint(path: Path, drafter: nn.Module, opt, d: Dist) -> tuple[int, 
 # --------------------------------------------------------------------------------------------- one step
 def compute_loss(
     module: nn.Module, target: nn.Module, batch: Batch, layer_ids: list[int], gamma: int, loss_cfg: LossConfig,
-    autocast: torch.autocast | None,
+    autocast: torch.autocast | None, cache: FeatureCache | None = None, indices: list[int] | None = None,
+    fused_loss: bool = False,
 ) -> LossSums:
+    """`cache` + the batch's record `indices`: read the target's features instead of running its layers."""
     n, a, _ = batch.labels.shape
     t = batch.input_ids.shape[1]
     positions = batch.target_positions.clamp_max(t - 1).view(n, a * gamma)
-    tp = run_target(target, batch.input_ids, batch.attention_mask, layer_ids, positions)
+    if cache is not None:
+        tp = cache.target_pass(target, indices, t, positions, autocast)
+    else:
+        tp = run_target(target, batch.input_ids, batch.attention_mask, layer_ids, positions)
     anchor_ids = torch.gather(batch.input_ids, 1, batch.anchors)
     ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
     with ctx:
@@ -275,7 +289,7 @@ def compute_loss(
     valid = batch.slot_valid
     slots = torch.arange(gamma, device=valid.device).expand_as(valid)[valid]
     target_logits = tp.logits.view(n, a, gamma, -1)[valid]
-    return slot_losses(logits, target_logits, batch.labels[valid], slots, gamma, loss_cfg, conf)
+    return slot_losses(logits, target_logits, batch.labels[valid], slots, gamma, loss_cfg, conf, fused=fused_loss)
 
 
 def module_inner(module: nn.Module) -> nn.Module:
@@ -313,6 +327,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
 
     drafter = build_drafter(cfg, target, mask_id if mask_id is not None else 0).to(device)
+    if cfg.init_from_target_layer is not None:
+        copy_target_layer(drafter, target, cfg.init_from_target_layer)
     layer_ids = _layer_ids(drafter)
     module: nn.Module = drafter if cfg.algo == "eagle3" else ParallelDraftForward(drafter, cfg.algo)
     if cfg.compile:
@@ -324,8 +340,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                             eps=cfg.adam_eps)
-    # bf16 compute (autocast) whenever the target runs in bf16 (the default on GPUs); fp32 master weights.
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if target_dtype == torch.bfloat16 else None
+    # bf16 compute (autocast) whenever the target runs in bf16 (the default on GPUs) or when asked; fp32 master
+    # weights.
+    bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and target_dtype == torch.bfloat16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
+    if bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("warning: this CPU has no native bf16 (avx512_bf16 / AMX): bf16 autocast will be slow", flush=True)
+    cache = None
+    if cfg.feature_cache:
+        cache = open_for_training(cfg.feature_cache, target, records, layer_ids, bf16=bf16, autocast=autocast,
+                                  max_gb=cfg.feature_cache_max_gb, is_main=d.main,
+                                  barrier=dist.barrier if d.world > 1 else None)
 
     start_step, elapsed0 = 0, 0.0
     resumed_from = None
@@ -363,7 +388,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         mine = indices[d.rank * cfg.batch_size: (d.rank + 1) * cfg.batch_size]
         batch = make_batch(records, mine, gamma=gamma, num_anchors=cfg.num_anchors, region=cfg.anchor_region,
                            seed=cfg.seed, step=step, pad_id=pad_id).to(device)
-        sums = compute_loss(module, target, batch, layer_ids, gamma, cfg.loss, autocast)
+        sums = compute_loss(module, target, batch, layer_ids, gamma, cfg.loss, autocast, cache, mine, cfg.fused_loss)
         global_weight = all_reduce_sum(sums.weight.detach(), d)
         loss = sums.weighted * d.world / global_weight.clamp_min(1e-12)
         opt.zero_grad(set_to_none=True)
