@@ -31,7 +31,7 @@ case "$SIZE" in
   cpu)
     NUM_PROMPTS=${NUM_PROMPTS:-2000}; TIME_BUDGET_MIN=${TIME_BUDGET_MIN:-13}
     EVAL_PROMPTS=${EVAL_PROMPTS:-60}; CALIB_PROMPTS=${CALIB_PROMPTS:-100}; DEVICE=${DEVICE:-cpu}
-    # Fast CPU path (benchmarks/training/RESULTS_training_throughput.md): the target's features computed once and
+    # Fast CPU path (benchmarks/RESULTS.md, *Training throughput on the CPU*): the target's features computed once and
     # read back (shared by the three drafters: same layers), CE + TV fused, and bf16 compute where the CPU has it
     # natively (AMX / avx512_bf16; without it bf16 is slower than fp32, so fp32 stays).
     TRAIN=(--batch-size 4 --num-anchors 48 --anchor-region all --max-seq-len 512 --long truncate
