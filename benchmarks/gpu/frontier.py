@@ -10,19 +10,20 @@ others stay idle meanwhile. A last `vllm-dspark bench --baseline ...` compares t
     python -m benchmarks.gpu.frontier --out-dir D --serve 'COMMON SERVER ARGS' --config NAME='ARGS' ... \
         --bench 'BENCH ARGS' [--server-env K=V ...] [--after FILE] [--deadline UNIX_TIME] [--tag gpu]
 
-Writes D/server-NAME.log, D/NAME/TAG/results.json (+ plots, log) per configuration, D/results.json (+ plots) for
-all of them; exits 1 when a configuration failed to start or to measure.
+Writes D/server-NAME.log, D/NAME/TAG/results.json (+ plots) per configuration, D/status.json (measured, or why not),
+D/results.json (+ plots) for all of them; exits 1 when a configuration failed to start or to measure.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from vllm_dspark.bench.server import ServerError, ServerProcess
+from vllm_dspark.bench.server import ServerError, ServerProcess, start_failure
 
 BENCH = [sys.executable, "benchmarks/throughput_vs_sla.py"]
 MARGIN_S = 20.0  # kept for the comparison and the caller's packing
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     servers = {name: ServerProcess(f"{args.serve} {extra}", log_path=args.out_dir / f"server-{name}.log",
                                    env=dict(args.server_env)) for name, extra in args.config}
-    failed: list[str] = []
+    status: dict[str, str] = {}  # D/status.json: what became of each configuration
     results: list[Path] = []
     sla = ["--sla", *(f"{v:g}" for v in args.sla)]
     try:
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 ready[name] = s
                 print(f"[frontier] {name}: up at {s.url}", flush=True)
             except ServerError as e:
-                failed.append(name)
-                print(f"[frontier] {name}: FAILED to start: {str(e)[-1500:]}", flush=True)
                 s.stop()
+                status[name] = "failed to start: " + start_failure(s.log_path.read_text(errors="replace"))
+                print(f"[frontier] {name}: FAILED to start: {str(e)[-1500:]}", flush=True)
         wait_for(args.after, args.deadline)
         for name, s in ready.items():
             run_dir = args.out_dir / name / args.tag
@@ -92,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             s.stop()
             if (run_dir / "results.json").is_file():
                 results.append(run_dir / "results.json")
-            if rc != 0:
-                failed.append(name)
-                print(f"[frontier] {name}: bench exited with {rc}", flush=True)
+            status[name] = "measured" if rc == 0 else f"bench exited with {rc}"
+            print(f"[frontier] {name}: {status[name]}", flush=True)
     finally:
         for s in servers.values():
             s.stop()
@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(compare, timeout=max(10.0, _left(args.deadline) + MARGIN_S / 2))
         except subprocess.TimeoutExpired:
             print("[frontier] the comparison ran out of time (each run's results.json is kept)", flush=True)
-    print(f"[frontier] measured {len(results)}/{len(servers)}; failed: {failed or 'none'}", flush=True)
-    return 1 if failed or not results else 0
+    status.update({name: "not measured (no time left)" for name in servers if name not in status})
+    (args.out_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    print(f"[frontier] {json.dumps(status)}", flush=True)
+    return 0 if all(v == "measured" for v in status.values()) else 1
 
 
 if __name__ == "__main__":

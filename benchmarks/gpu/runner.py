@@ -102,7 +102,7 @@ class Runner:
             os.replace(self.out / "logs.tar.gz.partial", self.out / "logs.tar.gz")
             from benchmarks.gpu.summary import write_summary
 
-            write_summary(self.out, self.results)
+            write_summary(self.out, self.results, self.work)
 
 
 def _wait(proc: subprocess.Popen, timeout: float):

@@ -38,7 +38,7 @@ def _frontier(doc: dict) -> list[str]:
     return lines + ["```"]
 
 
-def write_summary(out: Path, results: list[dict]) -> None:
+def write_summary(out: Path, results: list[dict], work: Path) -> None:
     lines = [f"# First GPU run ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", ""]
     env = _read(out / "env.json")
     if env:
@@ -46,6 +46,8 @@ def write_summary(out: Path, results: list[dict]) -> None:
     lines += _steps(results) + [""]
     check = _read(out / "gpu_check.json")
     lines += (_gpu_check(check) if check else ["## gpu_check: no report"]) + [""]
+    status = _read(work / "frontier" / "status.json") or {}
+    lines += [f"- frontier {name}: {what}" for name, what in status.items()] + [""]
     frontier = _read(out / "frontier.json")
     lines += _frontier(frontier) if frontier else ["## frontier: no comparison (see logs.tar.gz: frontier/)"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ import pytest
 from benchmarks.gpu import first_gpu_run
 from benchmarks.gpu.plan import Plan, Settings, Step, build_plan
 from benchmarks.gpu.runner import Runner
+from vllm_dspark.bench.server import start_failure
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
@@ -160,9 +161,9 @@ def test_gpu_check_names_the_refusal_of_a_server_that_stopped_at_start():
     log = ("(APIServer pid=1) INFO starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
            "vllm_dspark.adapter.spec_config.DSparkConfigError: --speculative-config: 'dspark.mode' = 'sla' trims "
            "drafts\nRuntimeError: Engine core initialization failed. See root cause above.\n")
-    assert gpu_check.start_failure(log).startswith("DSparkConfigError: --speculative-config: 'dspark.mode' = 'sla'")
-    assert gpu_check.start_failure("ValueError: bad\n") == "ValueError: bad"
-    entry = {"refused": gpu_check.start_failure(log)}
+    assert start_failure(log).startswith("DSparkConfigError: --speculative-config: 'dspark.mode' = 'sla'")
+    assert start_failure("ValueError: bad\n") == "ValueError: bad"
+    entry = {"refused": start_failure(log)}
     assert gpu_check.verdict("dspark_sla", entry, 16).startswith("REFUSED at start: DSparkConfigError")
 
 

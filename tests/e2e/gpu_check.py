@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,11 @@ from benchmarks.bigram_drafter import eval_prompts_bigram_drafter  # noqa: E402
 from clients import chats, client, completions  # noqa: E402
 from server import Server  # noqa: E402
 
+from vllm_dspark.bench.server import start_failure  # noqa: E402
+
 GAMMA = 4
 MODES = {"dspark_static": "static", "dspark_confidence": "confidence", "dspark_sla": "sla"}
 REQUIRED = ("plain", *MODES)  # the verdict; native_dspark is reported, never required
-ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)$")
 
 
 KV_CACHE_BYTES = 2 << 30  # GPU: a fixed KV cache skips vLLM's memory profiling, which servers starting together skew
@@ -66,13 +66,6 @@ def servers(target: Path, drafter: Path, logs: Path, cpu: bool = False, sla_floo
     pool["native_dspark"] = Server("native_dspark", common + spec("dspark"), {"VLLM_USE_V2_MODEL_RUNNER": "1"},
                                    logs / "native.log")
     return pool
-
-
-def start_failure(log_text: str) -> str:
-    """The line that says why a server stopped at start: the last `SomethingError: message` of its log."""
-    found = [m.group(1) + ": " + m.group(2) for m in map(ERROR_LINE.search, log_text.splitlines()) if m]
-    refusals = [f for f in found if "DSparkConfigError" in f or "UnsupportedVLLMVersion" in f]
-    return (refusals or found or ["(no error line in the log; see log_tail)"])[-1][:2000]
 
 
 def metrics_checks(name: str, m: dict[str, float], gamma: int = GAMMA) -> dict[str, bool]:
