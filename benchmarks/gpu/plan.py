@@ -87,7 +87,9 @@ def build_plan(s: Settings, deadline: float) -> Plan:
     sla = s.sla or ((100.0, 200.0) if gpu else (5.0, 10.0))
     env = {"PYTHONPATH": str(s.repo) + (":/tmp/site" if gpu and s.bundle else ""), "PYTHONUNBUFFERED": "1",
            "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
-    if not gpu:
+    if gpu:  # ten engines compile at once on 16 cores: inductor's default pool per process would be 16 workers each
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = "2"
+    else:
         env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     setup = []
     if gpu and s.bundle:

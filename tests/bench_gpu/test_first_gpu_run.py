@@ -49,6 +49,7 @@ def test_gpu_plan_stages_installs_and_runs_both_lanes_at_once(tmp_path):
     assert plan.overlap
     assert plan.env["PYTHONPATH"].endswith(":/tmp/site")
     assert plan.env["VLLM_USE_FLASHINFER_SAMPLER"] == "0" and plan.env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert plan.env["TORCHINDUCTOR_COMPILE_THREADS"] == "2"
     check = plan.checks[0].argv
     assert "--cpu" not in check and "--servers" not in check  # every server, native DSpark included
     assert _option(check, "--out") == str(tmp_path / "out" / "gpu_check.json")
@@ -164,7 +165,7 @@ def test_gpu_check_names_the_refusal_of_a_server_that_stopped_at_start():
     assert start_failure(log).startswith("DSparkConfigError: --speculative-config: 'dspark.mode' = 'sla'")
     assert start_failure("ValueError: bad\n") == "ValueError: bad"
     entry = {"refused": start_failure(log)}
-    assert gpu_check.verdict("dspark_sla", entry, 16).startswith("REFUSED at start: DSparkConfigError")
+    assert gpu_check.verdict("dspark_sla", entry, 16).startswith("REFUSED at start (exited before serving): DSparkConfigError")
 
 
 def _metrics(**kw) -> dict:

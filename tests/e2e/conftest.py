@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter, corpus_token_ids
+from vllm_dspark.adapter.cpu_binding import BIND_ENV, suggested_bind
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -76,13 +77,11 @@ class ServerPool:
                 "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
                 workdir / "dynamic.log"),
         }
-        from vllm_dspark.adapter.cpu_binding import BIND_ENV, suggested_bind
-
         # A small KV cache per worker (256 MiB: ~40k tokens of pycode-23m over both): these servers come on top of
-        # the pool's, and VLLM_CPU_KVCACHE_SPACE (whole GiB, set by Server) would take precedence, so it is unset.
+        # the pool's; VLLM_CPU_KVCACHE_SPACE (whole GiB, set by Server) would take precedence, so it is unset.
         tp = ["--tensor-parallel-size", str(TP), "--kv-cache-memory-bytes", str(256 << 20)]
         bind = {BIND_ENV: suggested_bind(TP, sorted(os.sched_getaffinity(0))[:TP]) or "nobind",
-                "VLLM_CPU_KVCACHE_SPACE": ""}
+                "VLLM_CPU_KVCACHE_SPACE": None}
         self.on_demand = {
             "tp_confidence": Server("tp_confidence", common + tp + _speculative(
                 "confidence", drafter, cost_table=str(table), online_refit=False), bind, workdir / "tp_confidence.log"),

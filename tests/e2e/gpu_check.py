@@ -38,8 +38,6 @@ from vllm_dspark.bench.server import start_failure  # noqa: E402
 GAMMA = 4
 MODES = {"dspark_static": "static", "dspark_confidence": "confidence", "dspark_sla": "sla"}
 REQUIRED = ("plain", *MODES)  # the verdict; native_dspark is reported, never required
-
-
 KV_CACHE_BYTES = 2 << 30  # GPU: a fixed KV cache skips vLLM's memory profiling, which servers starting together skew
 
 
@@ -135,7 +133,7 @@ def equality(server: Server, base: dict, prompts: list[str], max_tokens: int) ->
 
 def verdict(name: str, entry: dict, num_prompts: int) -> str:
     if "refused" in entry:
-        return f"REFUSED at start: {entry['refused']}"
+        return f"REFUSED at start (exited before serving): {entry['refused']}"
     if "error" in entry:
         return f"FAIL: {entry['error'][:300]}"
     failed = [k for k, ok in entry.get("metrics_checks", {}).items() if not ok]

@@ -28,7 +28,7 @@ def free_port() -> int:
 class Server:
     name: str
     args: list[str]
-    env: dict[str, str]
+    env: dict[str, str | None]
     log: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
@@ -41,6 +41,7 @@ class Server:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(target),
                "--port", str(self.port), "--host", "127.0.0.1", *self.args]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        env = {k: v for k, v in env.items() if v is not None}  # a None in self.env unsets the variable
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as f:
             f.write(" ".join(cmd) + "\n")

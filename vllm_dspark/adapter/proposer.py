@@ -309,7 +309,8 @@ class DSparkProposer(DFlashProposer):
         self._conf_logits = self._request_temps = None
         self._pending = None  # confidences of older drafts must never trim these
         num_req = cad.batch_size()
-        if num_speculative_tokens > 0 and not self._gate_says_draft(num_req, kwargs["sampling_metadata"]):
+        if num_speculative_tokens > 0 and not compat.tp_agree(
+                self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
             drafts = self._skip_round(num_speculative_tokens, **kwargs)
             self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None, None,
                                                skipped=True)
@@ -401,6 +402,8 @@ class DSparkProposer(DFlashProposer):
             max_len = np.array([len(scheduled_spec_tokens[r]) for r in req_ids], dtype=np.int64)
             lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
             self._maybe_log_stats()
+        if req_ids:
+            lengths = compat.tp_agree(lengths)  # timing-based: rank 0's lengths on every rank
         if pending.dump:
             self._write_dump(pending.dump, lengths)
         return lengths
