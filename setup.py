@@ -1,11 +1,15 @@
 """vllm-dspark: DSpark speculative decoding as a vLLM plugin.
 
-`kernels/` is installed as `vllm_dspark.kernels` (there is no top-level `kernels` package).
+`kernels/` is installed as `vllm_dspark.kernels` (there is no top-level `kernels` package: the folder has no
+`__init__.py`, so it cannot shadow another distribution's `kernels`). In a checkout, `vllm_dspark/kernels/__init__.py`
+points the package at the folder instead; the wheel takes the folder's files and leaves that module out.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
-packages = find_packages(include=["vllm_dspark", "vllm_dspark.*"])
-kernel_packages = ["vllm_dspark.kernels" + p[len("kernels"):] for p in find_packages(include=["kernels", "kernels.*"])]
+packages = find_packages(include=["vllm_dspark", "vllm_dspark.*"],
+                         exclude=["vllm_dspark.kernels", "vllm_dspark.kernels.*"])
+kernel_packages = ["vllm_dspark.kernels" + p[len("kernels"):]
+                   for p in find_namespace_packages(include=["kernels", "kernels.*"], exclude=["*__pycache__*"])]
 
 setup(
     name="vllm-dspark",
@@ -36,5 +40,7 @@ setup(
     entry_points={
         "console_scripts": ["vllm-dspark=vllm_dspark.cli:main"],
         "vllm.general_plugins": ["dspark=vllm_dspark.adapter.plugin:register"],
+        # The front end's Prometheus metrics (dspark:*); vLLM loads this group in its API server process.
+        "vllm.stat_logger_plugins": ["dspark=vllm_dspark.adapter.metrics:DSparkStatLogger"],
     },
 )

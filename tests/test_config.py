@@ -132,3 +132,26 @@ def test_missing_required_field(tiny_target):
     del d["block_size"]
     with pytest.raises(ValueError, match="block_size"):
         DSparkConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("typo,field", [("enable_confidence_heads", "enable_confidence_head"),
+                                        ("markov_rnak", "markov_rank"), ("target_layers_ids", "target_layer_ids")])
+def test_misspelt_drafter_key_is_refused_with_the_field_it_resembles(tiny_target, typo, field):
+    from vllm_dspark.config import DSparkConfig
+
+    with pytest.raises(ValueError, match=rf"unknown key\(s\) '{typo}' \(did you mean '{field}'\?\)"):
+        DSparkConfig.from_dict(_base(tiny_target, **{typo: 1}))
+
+
+def test_other_unknown_keys_are_listed_in_one_warning(tiny_target, caplog):
+    from vllm_dspark.config import DSparkConfig
+
+    with caplog.at_level("WARNING", logger="vllm_dspark.config"):
+        DSparkConfig.from_dict(_base(tiny_target, my_note="x", another_field=2))
+    warned = [r.getMessage() for r in caplog.records if r.name == "vllm_dspark.config"]
+    assert warned == ["drafter config: key(s) another_field, my_note are not read by vllm-dspark (ignored)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vllm_dspark.config"):  # a DeepSpec / target config warns about nothing
+        DSparkConfig.from_dict(_base(tiny_target))
+        DSparkConfig.from_dict(DSparkConfig.from_dict(_base(tiny_target)).to_dict())
+    assert not [r for r in caplog.records if r.name == "vllm_dspark.config"]

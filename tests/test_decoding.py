@@ -396,3 +396,41 @@ def test_token_budget_is_respected(stop_case):
             assert all(r.proposed <= n for r in got.rounds)
     finally:
         del drafter.block_hidden, drafter.sample_block
+
+
+class _ContinuationEagle3:
+    """An EAGLE-3 drafter stand-in that drafts `sequence`'s next tokens, so every draft is accepted at T = 0."""
+
+    def __init__(self, sequence: list[int], vocab: int, layer_ids: list[int]):
+        from types import SimpleNamespace
+
+        self.sequence, self.vocab = sequence, vocab
+        self.config = SimpleNamespace(target_layer_ids=layer_ids)
+
+    def draft(self, features, token_ids, temperature, generator, gamma=None):
+        from vllm_dspark.model import DraftBlock
+
+        start = token_ids.shape[1]  # token_ids = the tokens up to the anchor: the next one is sequence[start]
+        nxt = (self.sequence[start: start + gamma] + [0] * gamma)[:gamma]
+        tokens = torch.tensor([nxt])
+        probs = torch.nn.functional.one_hot(tokens, self.vocab).float()
+        return DraftBlock(tokens=tokens, probs=probs, logits=probs, confidence_logits=None, confidence=None)
+
+
+def test_eagle3_runs_the_same_round_loop(stop_case):
+    """eagle3_generate goes through speculative_rounds: §8's stop rule (no bonus after an accepted stop token) and
+    the token budget hold for it as for DSpark."""
+    from vllm_dspark.training.eagle3 import eagle3_generate
+
+    target, drafter, prompt, out = stop_case
+    oracle = _ContinuationEagle3(prompt + out, target.config.vocab_size, list(drafter.config.target_layer_ids))
+    k = _first_new(out, 2)
+    if k > 4:
+        pytest.skip("stop token not inside the first block")
+    got = eagle3_generate(target, oracle, prompt, max_new_tokens=12, stop_token_ids={out[k]}, gamma=4)
+    assert got.output_token_ids == out[: k + 1]
+    assert got.rounds[-1].accepted == k and not got.rounds[-1].bonus
+    assert sum(got.accepted_lengths) == len(got.output_token_ids) - 1
+    for n in (1, 2, 5, 7):
+        got = eagle3_generate(target, oracle, prompt, max_new_tokens=n, gamma=4)
+        assert got.output_token_ids == out[:n] and all(r.proposed <= n for r in got.rounds)

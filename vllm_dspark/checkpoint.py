@@ -10,7 +10,6 @@ We write the union that all readers accept (see `DSparkConfig.to_dict`), with or
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -159,7 +158,3 @@ def convert(
     # One dtype for every tensor: shared copies taken from an fp32 target must not sit beside bf16 weights.
     return save_drafter(drafter, dst, include_shared=layout == "deepspec", dtype=dtype or drafter.fc.weight.dtype)
 
-
-def count_parameters(drafter: DSparkDrafter, trainable_only: bool = False) -> int:
-    params = {id(p): p for p in drafter.parameters() if p.requires_grad or not trainable_only}
-    return sum(math.prod(p.shape) for p in params.values())

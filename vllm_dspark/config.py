@@ -9,7 +9,10 @@ the draft layers copy the target's attention/MLP geometry, `num_hidden_layers` c
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,13 @@ HeadType = Literal["vanilla", "gated", "rnn"]
 # A sampling temperature below this means greedy (argmax): DeepSpec's threshold, used by the model, the reference
 # loop, the EAGLE-3 baseline and the kernels alike.
 GREEDY_EPS = 1e-5
+logger = logging.getLogger(__name__)
+# Keys `from_dict` reads besides the fields, what `to_dict` / the serving engine add, and DeepSpec's training-only
+# `num_anchors` (deepspec-format.md §2).
+OTHER_SPELLINGS = frozenset({"dflash_config", "dspark_target_layer_ids", "eagle_aux_hidden_state_layer_ids",
+                             "rope_scaling", "rope_theta", "target_num_hidden_layers", "draft_vocab_size",
+                             "dspark_serving", "num_anchors", "_attn_implementation"})
+TYPO_CUTOFF = 0.9  # difflib ratio above which an unknown key is taken for a misspelt known one
 
 
 class DrafterMismatchError(ValueError):
@@ -116,6 +126,7 @@ class DSparkConfig(BaseModel):
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "DSparkConfig":
         """Parse a DeepSpec, vLLM-native or vllm-dspark config.json dict."""
+        check_keys(raw)
         d = copy.deepcopy(raw)
         dflash = d.get("dflash_config") or {}
         spellings = {
@@ -220,6 +231,27 @@ class DSparkConfig(BaseModel):
     def save(self, directory: str | Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / "config.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+@functools.lru_cache(maxsize=1)
+def _target_config_keys() -> frozenset[str]:
+    """Keys of the target HF configs a drafter config copies (transformers' common, Qwen3, Qwen3-MoE, Llama)."""
+    from transformers import LlamaConfig, PretrainedConfig, Qwen3Config, Qwen3MoeConfig
+
+    return frozenset(k for c in (PretrainedConfig, Qwen3Config, Qwen3MoeConfig, LlamaConfig) for k in c().to_dict())
+
+
+def check_keys(raw: dict[str, Any]) -> None:
+    """Refuse a key that looks like a misspelt drafter field (e.g. `enable_confidence_heads`), naming the field;
+    list the other keys nothing reads in one warning."""
+    ours = set(DSparkConfig.model_fields) | OTHER_SPELLINGS
+    unknown = sorted(set(raw) - ours - _target_config_keys())
+    typos = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, ours, n=1, cutoff=TYPO_CUTOFF))}
+    if typos:
+        raise DrafterMismatchError("drafter config: unknown key(s) " + ", ".join(
+            f"{k!r} (did you mean {v!r}?)" for k, v in typos.items()))
+    if unknown:
+        logger.warning("drafter config: key(s) %s are not read by vllm-dspark (ignored)", ", ".join(unknown))
 
 
 def default_target_layer_ids(num_target_layers: int, num_features: int = 5) -> list[int]:

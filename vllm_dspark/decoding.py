@@ -10,7 +10,7 @@ One round (batch size 1, as in DeepSpec's evaluator, deepspec-format.md §8):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -84,35 +84,42 @@ def accept_drafts(
     return n, (int(last.argmax()) if temperature < GREEDY_EPS else _sample(last, generator))
 
 
+class RoundDrafter(Protocol):
+    """A drafter's side of the round loop `speculative_rounds` runs (DSpark / DFlash below, EAGLE-3 in
+    training/eagle3.py): it keeps its own context, built from the prompt's target pass."""
+
+    def draft(self, anchor: int, position: int) -> tuple[DraftBlock, int]:
+        """The block drafted after `anchor` (at `position`) and how many of its tokens to verify (a prefix)."""
+
+    def commit(self, hidden_states: tuple[torch.Tensor, ...], anchor: int, accepted: list[int]) -> None:
+        """The target verified [anchor, drafts...] (its hidden states); grow the context by [anchor, accepted]."""
+
+
 @torch.no_grad()
-def speculative_generate(
+def speculative_rounds(
     target: torch.nn.Module,
-    drafter: DSparkDrafter,
     prompt_ids: list[int],
+    begin: Callable[[tuple[torch.Tensor, ...]], RoundDrafter],
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
-    verify_length: VerifyLength | None = None,
     generator: torch.Generator | None = None,
     stop_token_ids: set[int] | frozenset[int] = frozenset(),
 ) -> GenerationResult:
+    """The round loop of the module docstring; `begin(prompt hidden states)` gives the drafter's side."""
     device = next(target.parameters()).device
-    layer_ids = drafter.config.target_layer_ids
     cache = DynamicCache()
     out = target(torch.tensor([prompt_ids], device=device), past_key_values=cache, output_hidden_states=True)
-    ctx = drafter.project_context(target_features(out.hidden_states, layer_ids))  # [1, C, H]
+    drafter = begin(out.hidden_states)
     start = len(prompt_ids)
     anchor = choose_token(out.logits[0, -1], temperature, generator)
     result = GenerationResult([anchor])
     while len(result.output_token_ids) < max_new_tokens and anchor not in stop_token_ids:
-        anchor_t = torch.tensor([anchor], device=device)
-        hidden = drafter.block_hidden(ctx, torch.arange(start, device=device)[None], anchor_t, torch.tensor([start], device=device))
-        block = drafter.sample_block(hidden, anchor_t, temperature, generator)
-        n_verify = block.tokens.shape[1] if verify_length is None else int(verify_length(block))
+        block, wanted = drafter.draft(anchor, start)
         # Never verify past the token budget: the bonus token is the last one we may emit.
-        n_verify = max(0, min(n_verify, block.tokens.shape[1], max_new_tokens - len(result.output_token_ids) - 1))
+        n_verify = max(0, min(wanted, block.tokens.shape[1], max_new_tokens - len(result.output_token_ids) - 1))
         drafts = block.tokens[0, :n_verify]
-        verify_in = torch.cat([anchor_t, drafts])[None]
+        verify_in = torch.cat([torch.tensor([anchor], device=device), drafts])[None]
         out = target(verify_in, past_key_values=cache, output_hidden_states=True)
         target_probs = logits_to_probs(out.logits[0].float(), temperature)
         a, emitted = accept_drafts(drafts, block.probs[0, :n_verify], target_probs, temperature, generator)
@@ -132,13 +139,51 @@ def speculative_generate(
         result.output_token_ids += accepted + ([] if emitted is None else [emitted])
         if emitted is None:
             break
-        new_rows = target_features(out.hidden_states, layer_ids)[:, : a + 1]  # inputs [anchor, d_0..d_{a-1}]
-        ctx = torch.cat([ctx, drafter.project_context(new_rows)], dim=1)
+        drafter.commit(out.hidden_states, anchor, accepted)
         start += a + 1
         _crop(cache, start)
         anchor = emitted
     del result.output_token_ids[max_new_tokens:]
     return result
+
+
+class _DSparkRounds:
+    """DSpark / DFlash: the context is the projected target features; a block is drafted in parallel."""
+
+    def __init__(self, drafter: DSparkDrafter, hidden_states, temperature: float, generator,
+                 verify_length: VerifyLength | None):
+        self.drafter, self.temperature, self.generator = drafter, temperature, generator
+        self.verify_length = verify_length
+        self.layer_ids = drafter.config.target_layer_ids
+        self.ctx = drafter.project_context(target_features(hidden_states, self.layer_ids))  # [1, C, H]
+
+    def draft(self, anchor: int, position: int) -> tuple[DraftBlock, int]:
+        device = self.ctx.device
+        anchor_t = torch.tensor([anchor], device=device)
+        hidden = self.drafter.block_hidden(self.ctx, torch.arange(position, device=device)[None], anchor_t,
+                                           torch.tensor([position], device=device))
+        block = self.drafter.sample_block(hidden, anchor_t, self.temperature, self.generator)
+        return block, block.tokens.shape[1] if self.verify_length is None else int(self.verify_length(block))
+
+    def commit(self, hidden_states, anchor: int, accepted: list[int]) -> None:
+        new_rows = target_features(hidden_states, self.layer_ids)[:, : len(accepted) + 1]  # [anchor, d_0..d_{a-1}]
+        self.ctx = torch.cat([self.ctx, self.drafter.project_context(new_rows)], dim=1)
+
+
+def speculative_generate(
+    target: torch.nn.Module,
+    drafter: DSparkDrafter,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    verify_length: VerifyLength | None = None,
+    generator: torch.Generator | None = None,
+    stop_token_ids: set[int] | frozenset[int] = frozenset(),
+) -> GenerationResult:
+    return speculative_rounds(
+        target, prompt_ids, lambda hidden: _DSparkRounds(drafter, hidden, temperature, generator, verify_length),
+        max_new_tokens=max_new_tokens, temperature=temperature, generator=generator, stop_token_ids=stop_token_ids)
 
 
 @torch.no_grad()

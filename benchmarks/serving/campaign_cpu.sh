@@ -15,6 +15,8 @@
 #                               best static γ is read per anchor)
 #   dspark-confidence           vllm-dspark Algorithm 1 (per-request verification length), γ = 7
 #   dspark-sla                  the same with a per-user speed floor (SLA_FLOOR: 3 tok/s/user; 50 if INFLATE=0), γ = 7
+#   dspark-confidence-nogate    dspark-confidence with its draft gate off (drafts every round, as before the gate);
+#                               ABLATE_GATE=0 leaves it out
 #   dspark-dynamic              static mode with one γ ≤ 7 per number of running requests (vLLM's
 #                               num_speculative_tokens_per_batch_size, async scheduling kept), the schedule
 #                               `vllm-dspark schedule` picks from this engine's profiled cost table and the drafter's
@@ -27,7 +29,9 @@
 # runs/pycode-gpu, else runs/pycode-cpu), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (see
 # cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA ("moderate interactive" anchors, tok/s/user),
 # SLA_FLOOR, GAMMA, STATIC_GAMMAS, EVAL, PYTHON, LD_PRELOAD_LIB (empty: no preload), FRONTIER_COPY (where the
-# frontier PNG is copied; empty: nowhere).
+# frontier PNG is copied; empty: nowhere), ABLATE_GATE, PROMPT_CHARS (each eval prompt is cut to its last
+# PROMPT_CHARS characters, default 300, ~90 tokens: the campaign measures decoding, and full prompts cost minutes of
+# prefill per point at c >= 4 on a CPU; 0 keeps them whole).
 # Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
 # $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
 # The plots are redrawn by summarize_campaign.py at the SLA anchors (same data as the bench's own plots).
@@ -49,6 +53,8 @@ DRAFTERS=$(cd "${DRAFTERS:-$DEFAULT_DRAFTERS}" && pwd)
 OUT=${OUT:-runs/campaign-cpu}
 CONCURRENCY=${CONCURRENCY:-1 2 4 8 16}
 NUM_PROMPTS=${NUM_PROMPTS:-16}
+PROMPT_CHARS=${PROMPT_CHARS:-300}
+ABLATE_GATE=${ABLATE_GATE:-1}
 MAX_TOKENS=${MAX_TOKENS:-64}
 GAMMA=${GAMMA:-7}
 STATIC_GAMMAS=${STATIC_GAMMAS:-2 4 $GAMMA}
@@ -109,6 +115,11 @@ if have dspark; then
   CONFIGS+=(--config "dspark-sla=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
     "{\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR$TABLE}")")
   DSPARK+=(dspark-confidence dspark-sla)
+  if [ "$ABLATE_GATE" = 1 ]; then
+    CONFIGS+=(--config "dspark-confidence-nogate=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
+      "{\"mode\": \"confidence\", \"draft_gate\": false$TABLE}")")
+    DSPARK+=(dspark-confidence-nogate)
+  fi
   if [ -n "$TABLE" ]; then
     CONFIGS+=(--config "dspark-dynamic=$(spec dflash "$SERVED_DRAFTERS/dspark" "$GAMMA" \
       "{\"mode\": \"static\"$TABLE}" "\"num_speculative_tokens_per_batch_size\": $SCHEDULE")")
@@ -121,6 +132,17 @@ else
   echo "MISSING drafter $DRAFTERS/dspark: vllm-dspark configs left out" | tee -a "$OUT/machine.txt"
 fi
 
+if [ "$PROMPT_CHARS" != 0 ]; then  # the last PROMPT_CHARS characters of each prompt (decode-dominated points)
+  $PYTHON - "$PROMPTS" "$OUT/prompts.jsonl" "$PROMPT_CHARS" <<'EOF'
+import json, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [json.loads(line) for line in open(src) if line.strip()]
+with open(dst, "w") as f:
+    for r in rows:
+        f.write(json.dumps({"prompt": r["prompt"][-n:]}) + "\n")
+EOF
+  PROMPTS=$OUT/prompts.jsonl
+fi
 SERVER_ENV=(--server-env "VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB")
 [ -n "$LD_PRELOAD_LIB" ] && SERVER_ENV+=(--server-env "LD_PRELOAD=$LD_PRELOAD_LIB")
 # shellcheck disable=SC2086  # CONCURRENCY and SLA are word lists

@@ -5,7 +5,8 @@ verification step: requests, batch tokens, whether its drafts were drafted, the 
 time, the verification time (period − round), and what the cost table predicted for that verification before
 seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile alone). Per number of running requests
 this prints mean observed and predicted times, the mean absolute prediction error over the first and the last
-half of the steps (the online refit should shrink it), and the draft round's share of the step.
+half of the steps (the online refit should shrink it), the draft round's share of the step, and the round's parts
+(timed only while tracing, which synchronises a GPU at each part).
 
     python benchmarks/serving/cost_fit.py trace.jsonl --json cost_fit.json --plot cost_fit.png
 """
@@ -27,6 +28,24 @@ def _err(rows: list[dict], key: str) -> float | None:
     return statistics.fmean(errs) if errs else None
 
 
+def draft_parts_ms(drafted: list[dict]) -> dict[str, float] | None:
+    """Mean ms of each part of the draft round: input preparation, context K/V, the backbone with the rest of
+    vLLM's round (the remainder), the LM head, and the sequential + confidence heads."""
+    rows = [r for r in drafted if r.get("draft_phases_s")]
+    if not rows:
+        return None
+
+    def parts(r: dict) -> dict[str, float]:
+        p = r["draft_phases_s"]
+        known = p.get("inputs", 0.0) + p.get("context_kv", 0.0) + p.get("round", 0.0)
+        return {"inputs": p.get("inputs", 0.0), "context_kv": p.get("context_kv", 0.0),
+                "backbone_and_rest": max(0.0, r["draft_s"] - known), "lm_head": p.get("lm_head", 0.0),
+                "sequential_heads": p.get("round", 0.0) - p.get("lm_head", 0.0)}
+
+    each = [parts(r) for r in rows]
+    return {k: 1e3 * statistics.fmean(e[k] for e in each) for k in each[0]}
+
+
 def summarize(records: list[dict]) -> list[dict]:
     by_load: dict[int, list[dict]] = collections.defaultdict(list)
     for r in records:
@@ -45,6 +64,7 @@ def summarize(records: list[dict]) -> list[dict]:
             "error_last_half": _err(rows[half:], "predicted_verify_s"),
             "draft_ms": 1e3 * statistics.fmean(r["draft_s"] for r in drafted) if drafted else None,
             "draft_share": (statistics.fmean(r["draft_s"] / r["period_s"] for r in drafted) if drafted else None),
+            "draft_parts_ms": draft_parts_ms(drafted),
         })
     return out
 
@@ -62,6 +82,18 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['requests']} | {r['steps']} ({r['drafted_steps']}) | {r['mean_batch_tokens']:.1f} "
               f"| {r['observed_verify_ms']:.1f} | {r['predicted_verify_ms']:.1f} | {_pct(r['prior_error'])} "
               f"| {_pct(r['error_first_half'])} | {_pct(r['error_last_half'])} | {draft} | {_pct(r['draft_share'])} |")
+
+
+def print_draft_parts(rows: list[dict]) -> None:
+    rows = [r for r in rows if r["draft_parts_ms"]]
+    if not rows:
+        return
+    names = list(rows[0]["draft_parts_ms"])
+    print("\n| requests | " + " | ".join(f"{n} ms" for n in names) + " | round ms | verify ms |")
+    print("|---:|" + "---:|" * (len(names) + 2))
+    for r in rows:
+        parts = " | ".join(f"{r['draft_parts_ms'][n]:.1f}" for n in names)
+        print(f"| {r['requests']} | {parts} | {r['draft_ms']:.1f} | {r['observed_verify_ms']:.1f} |")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -97,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                          "mode confidence or sla?)")
     rows = summarize(records)
     print_table(rows)
+    print_draft_parts(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.plot:

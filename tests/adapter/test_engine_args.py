@@ -81,16 +81,70 @@ def test_confidence_mode_leaves_async_scheduling_to_the_user(dirs, async_schedul
     assert spec_config.read_attached(spec.draft_model_config.hf_config).mode == "confidence"
 
 
-def test_confidence_mode_refused_where_the_runner_is_not_patched(dirs, monkeypatch):
+@pytest.mark.parametrize("version", ["0.26.0", "0.33.0"])
+def test_confidence_mode_accepted_on_releases_read_but_not_run(dirs, monkeypatch, version):
     from packaging.version import Version
 
+    monkeypatch.setattr(compat, "vllm_version", lambda: Version(version))
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "sla", "sla_tokens_per_user": 20}})
+    spec = args.create_engine_config().speculative_config
+    assert spec_config.read_attached(spec.draft_model_config.hf_config).mode == "sla"
+
+
+def test_confidence_mode_refused_where_the_runner_is_not_patched(dirs, monkeypatch):
+    """A supported release without the runner trim (none today: a release added to compat.READ before its trim
+    patch is checked) refuses modes confidence / sla at start and keeps static."""
     from vllm_dspark.adapter import patches
 
-    monkeypatch.setattr(compat, "vllm_version", lambda: Version("0.26.0"))
+    catalog = tuple(p for p in patches.CATALOG if p.module not in patches.TRIM_PATCHES)
+    monkeypatch.setattr(patches, "CATALOG", catalog)
     args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "sla", "sla_tokens_per_user": 20}})
-    with pytest.raises(spec_config.DSparkConfigError, match="'dspark.mode' = 'sla' .* installed vLLM is 0.26.0"):
+    with pytest.raises(spec_config.DSparkConfigError,
+                       match=f"'dspark.mode' = 'sla' .* not do on vLLM {compat.vllm_version()}: use"):
         args.create_engine_config()
-    assert patches.supports_verify_lengths(Version("0.32.0"))
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "static"}})
+    assert args.create_engine_config().speculative_config is not None
+
+
+@pytest.mark.parametrize("version,is_cpu,warned,v2_line", [
+    ("0.32.0", True, False, False), ("0.33.0", True, True, False), ("0.33.0", False, True, True),
+    ("0.26.0", False, True, True),
+])
+def test_start_up_lines(monkeypatch, version, is_cpu, warned, v2_line):
+    """One warning on a release read but not run; on GPUs, one line saying V1 is selected over vLLM's V2 default."""
+    import logging
+
+    from packaging.version import Version
+    from vllm.platforms import current_platform
+
+    from vllm_dspark.adapter.patches import patch_engine_args
+
+    monkeypatch.setattr(compat, "vllm_version", lambda: Version(version))
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: is_cpu)
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.INFO)
+    collect.emit = records.append
+    ours_logger = logging.getLogger("vllm.dspark")  # vLLM's `vllm` logger may not propagate to the root
+    level = ours_logger.level
+    ours_logger.setLevel(logging.INFO)
+    ours_logger.addHandler(collect)
+    patch_engine_args._log_release_notes.cache_clear()
+    try:
+        patch_engine_args._log_release_notes()
+        patch_engine_args._log_release_notes()  # a second engine config in the process: nothing more
+    finally:
+        patch_engine_args._log_release_notes.cache_clear()
+        ours_logger.removeHandler(collect)
+        ours_logger.setLevel(level)
+    ours = [r for r in records if r.name.startswith("vllm.dspark")]
+    warnings = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+    assert len(warnings) == int(warned)
+    if warned:
+        assert f"vLLM {version} is supported by reading its source" in warnings[0]
+    v2 = [r.getMessage() for r in ours if "V2 model runner by default" in r.getMessage()]
+    assert len(v2) == int(v2_line) and len(ours) == int(warned) + int(v2_line)
+    if v2_line:
+        assert "selects the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0)" in v2[0]
 
 
 @pytest.mark.parametrize("spec,kw,needle", [

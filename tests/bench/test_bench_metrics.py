@@ -1,7 +1,7 @@
 """Prometheus parsing, per-point deltas and the speculative-decoding summary on hand-written /metrics text."""
 import pytest
 
-from vllm_dspark.bench.metrics_scrape import delta, parse_metrics, spec_decode_summary
+from vllm_dspark.bench.metrics_scrape import delta, parse_metrics, spec_decode_summary, totals
 
 
 def _metrics(drafts, draft_tokens, accepted, per_pos, verify_sum, verify_count, running, engines=("0",)):
@@ -74,6 +74,14 @@ def test_counters_are_summed_over_engines_and_gauges_averaged():
     assert snap["vllm:spec_decode_num_drafts_total"].value == 20
     assert snap["vllm_dspark:verify_len_count"].value == 20
     assert snap["vllm_dspark:budget"].value == 5
+
+
+def test_totals_sum_the_labels_kept_in_the_keys():
+    snap = parse_metrics(_metrics(10, 40, 20, [8, 5, 1], 30.0, 10, running=5, engines=("0", "1")))
+    t = totals(snap)
+    assert t["vllm:spec_decode_num_accepted_tokens_per_pos_total"] == 2 * (8 + 5 + 1)  # positions and engines
+    assert t["vllm:spec_decode_num_drafts_total"] == 20 and t["vllm_dspark:budget"] == 5
+    assert not any("{" in k for k in t)
 
 
 def test_counter_first_seen_during_the_point_counts_from_zero():

@@ -29,6 +29,15 @@ def test_errors_per_load_and_half(tmp_path):
     assert four["error_first_half"] is None and four["error_last_half"] == pytest.approx(0.1)
     assert four["draft_ms"] == pytest.approx(25.0) and four["draft_share"] == pytest.approx(0.2)
     assert four["mean_batch_tokens"] == 12
+    assert one["draft_parts_ms"] is None
+
+
+def test_draft_round_parts():
+    r = step(4, 0.100, 0.1, 0.1, draft=0.030, tokens=12)
+    r["draft_phases_s"] = {"inputs": 0.002, "context_kv": 0.003, "round": 0.015, "lm_head": 0.005}
+    (row,) = cost_fit.summarize([r])
+    assert row["draft_parts_ms"] == pytest.approx({"inputs": 2.0, "context_kv": 3.0, "backbone_and_rest": 10.0,
+                                                   "lm_head": 5.0, "sequential_heads": 10.0})
 
 
 def test_cli_writes_json_and_refuses_an_empty_trace(tmp_path, capsys):

@@ -5,6 +5,8 @@ import concurrent.futures as cf
 
 from openai import OpenAI
 
+from vllm_dspark.bench.sweep import discover_model
+
 MAX_TOKENS = 32
 
 
@@ -12,25 +14,29 @@ def client(server) -> OpenAI:
     return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
 
-def _model(server) -> str:
-    return client(server).models.list().data[0].id
+def model_id(server) -> str:
+    return discover_model(server.url)
 
 
-def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, **kw) -> list[list[int]]:
-    """All prompts in flight at once; returns the generated token ids of each."""
-    c, model = client(server), _model(server)
+def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, ignore_eos: bool = False,
+                with_prompt_ids: bool = False, **kw) -> list:
+    """All prompts in flight at once; returns the generated token ids of each ((prompt ids, generated ids) with
+    `with_prompt_ids`)."""
+    c, model = client(server), model_id(server)
+    extra = {"return_token_ids": True, **({"ignore_eos": True} if ignore_eos else {})}
 
     def one(prompt):
-        out = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                   extra_body={"return_token_ids": True}, **kw)
-        return list(out.choices[0].token_ids)
+        choice = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, extra_body=extra,
+                                      **kw).choices[0]
+        out = list(choice.token_ids)
+        return (list(choice.prompt_token_ids), out) if with_prompt_ids else out
 
     with cf.ThreadPoolExecutor(len(prompts)) as ex:
         return list(ex.map(one, prompts))
 
 
 def chats(server, prompts: list[str], max_tokens: int = 24) -> list[list[int]]:
-    c, model = client(server), _model(server)
+    c, model = client(server), model_id(server)
 
     def one(prompt):
         out = c.chat.completions.create(

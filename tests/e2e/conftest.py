@@ -38,8 +38,9 @@ def _speculative(mode: str, drafter: Path, vllm_keys: dict | None = None, **extr
 
 
 # "dynamic": static mode under vLLM's dynamic speculative decoding (async scheduling kept): full γ for one
-# request in flight, 2 drafts from two on (a schedule `vllm-dspark schedule` could print).
-DYNAMIC_SCHEDULE = [[1, 1, GAMMA], [2, MAX_NUM_SEQS, 2]]
+# request in flight, 2 drafts from two on, none with all MAX_NUM_SEQS in flight (the round then only keeps the
+# drafter's context K/V; a schedule `vllm-dspark schedule` could print).
+DYNAMIC_SCHEDULE = [[1, 1, GAMMA], [2, MAX_NUM_SEQS - 1, 2], [MAX_NUM_SEQS, MAX_NUM_SEQS, 0]]
 
 
 def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> Path:
@@ -61,9 +62,12 @@ class ServerPool:
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
+        self.gamma = GAMMA
         table = write_linear_cost_table(workdir / "cost_table.json")
         common = list(COMMON_ARGS)
         self.dump = workdir / "drafts.jsonl"
+        self.dumps = {"confidence": self.dump, "sla": workdir / "sla_drafts.jsonl"}  # VLLM_DSPARK_DEBUG_DUMP
+        self.step_trace = workdir / "sla_steps.jsonl"  # VLLM_DSPARK_STEP_TRACE of the sla server
         self.dynamic_schedule = DYNAMIC_SCHEDULE
         self.servers = {
             "plain": Server("plain", common, {}, workdir / "plain.log"),
@@ -71,8 +75,9 @@ class ServerPool:
             "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
                                                                            online_refit=False, draft_gate=False),
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
-            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0), {},
-                          workdir / "sla.log"),
+            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0),
+                          {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["sla"]),
+                           "VLLM_DSPARK_STEP_TRACE": str(self.step_trace)}, workdir / "sla.log"),
             "dynamic": Server("dynamic", common + _speculative(
                 "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
                 workdir / "dynamic.log"),

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # its sibling modules; the repository root (benchmarks)
 
 from benchmarks.bigram_drafter import eval_prompts_bigram_drafter  # noqa: E402
-from clients import chats, client, completions  # noqa: E402
+from clients import chats, client, completions, model_id  # noqa: E402
 from server import Server  # noqa: E402
 
 from vllm_dspark.bench.server import start_failure  # noqa: E402
@@ -92,7 +92,7 @@ def metrics_checks(name: str, m: dict[str, float], gamma: int = GAMMA) -> dict[s
 
 def throughput(server: Server, prompts: list[str], concurrency: int, num: int, tokens: int = 128) -> dict:
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
     before = server.metrics()
 
     def one(prompt):
@@ -187,10 +187,11 @@ def main() -> int:
             try:
                 s.wait_ready(timeout=args.start_timeout)
                 ready[name] = s
-            except RuntimeError:  # exited at start: a refusal or a crash, the line that says which
-                report["servers"][name] = {"refused": start_failure(s.log.read_text(errors="replace"))}
             except Exception as e:  # noqa: BLE001 - report and go on with the others
-                report["servers"][name] = {"error": str(e)[-3000:]}
+                if s.process is not None and not s.process.alive():  # exited at start: the line that says why
+                    report["servers"][name] = {"refused": start_failure(s.log.read_text(errors="replace"))}
+                else:
+                    report["servers"][name] = {"error": str(e)[-3000:]}
             print(f"{name}: {'up' if name in ready else report['servers'][name]}", flush=True)
         if "plain" in ready:
             base = {"completions": completions(ready["plain"], prompts, max_tokens=args.max_tokens, temperature=0.0),

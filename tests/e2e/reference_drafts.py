@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from clients import client
+from clients import client, model_id
 
 
 def greedy_sequences(server, prompts: list[str], max_tokens: int = 24) -> dict[tuple[int, ...], list[int]]:
     """prompt ids -> prompt + generated ids, one T = 0 completion per prompt."""
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
     sequences = {}
     for prompt in prompts:
         out = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,

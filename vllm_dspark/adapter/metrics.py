@@ -1,4 +1,5 @@
-"""DSpark metrics on vLLM's `/metrics`, from a front-end stat logger.
+"""DSpark metrics on vLLM's `/metrics`, from a front-end stat logger (entry point `vllm.stat_logger_plugins`,
+declared in setup.py; vLLM loads that group in its API server process).
 
 vLLM's engine core sends per-step `SpecDecodingStats` (drafts, verified draft tokens, accepted tokens, both per
 position) to the front end, where stat loggers turn them into Prometheus metrics. The draft tokens vLLM counts
@@ -80,8 +81,8 @@ def _metrics() -> dict:
 class DSparkStatLogger(StatLoggerBase):
     def __init__(self, vllm_config, engine_index: int = 0):
         spec = vllm_config.speculative_config
-        hf = None if spec is None or spec.draft_model_config is None else spec.draft_model_config.hf_config
-        self.enabled = hf is not None and spec_config.is_routed_to_us(hf)
+        hf = spec_config.draft_hf_config(vllm_config)
+        self.enabled = spec_config.serves_dspark(vllm_config)
         self.engine = str(engine_index)
         self.rounds = 0
         self.verified = 0

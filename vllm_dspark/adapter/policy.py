@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vllm_dspark.scheduling.admission import verify_lengths
+from vllm_dspark.scheduling.admission import SERVING_MODES, verify_lengths
 from vllm_dspark.scheduling.cost import CostTable
 from vllm_dspark.scheduling.gate import DraftGate, load_bucket
 
@@ -59,8 +59,8 @@ class VerifyLengthPolicy:
     def __init__(self, mode: str, gamma: int, table: CostTable | None = None, *,
                  sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0,
                  gate: DraftGate | None = None, draft_memory: float = 32.0):
-        if mode not in ("static", "confidence", "sla"):
-            raise ValueError(f"mode must be static, confidence or sla, got {mode!r}")
+        if mode not in SERVING_MODES:
+            raise ValueError(f"mode must be one of {SERVING_MODES}, got {mode!r}")
         if mode == "sla" and sla_tokens_per_user is None:
             raise ValueError("mode 'sla' needs sla_tokens_per_user")
         self.mode = mode

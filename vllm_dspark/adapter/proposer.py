@@ -103,6 +103,8 @@ class DSparkProposer(DFlashProposer):
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
         self._trace_path = os.environ.get(STEP_TRACE_ENV) or None
+        self._phases: dict[str, float] = {}  # seconds per part of the last draft round (step trace)
+        self._round_phases: dict[str, float] = {}
         self._round: DraftRound | None = None
         self._counters = self._shared_counters(vllm_config)
         self.policy.on_decision = lambda _stats: self._publish_counters()
@@ -137,8 +139,12 @@ class DSparkProposer(DFlashProposer):
         model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         fc = getattr(getattr(model, "model", None), "fc", None)
         width = getattr(fc, "input_size", None)
+        if width is None:  # the check below must never be skipped
+            raise RuntimeError(f"vllm-dspark: cannot read the drafter's feature width at `{type(model).__name__}"
+                               f".model.fc.input_size` (fc is {type(fc).__name__}); this vLLM builds the DFlash "
+                               "model differently")
         target_hidden = self.vllm_config.model_config.get_hidden_size()
-        if width is not None and width != target_hidden * len(want):
+        if width != target_hidden * len(want):
             raise DrafterMismatchError(
                 f"drafter fc takes {width} features, but {len(want)} target layers {cfg.target_layer_ids} of hidden "
                 f"size {target_hidden} give {target_hidden * len(want)}")
@@ -234,6 +240,32 @@ class DSparkProposer(DFlashProposer):
     # ------------------------------------------------------------------ inputs
     def set_inputs_first_pass(self, target_token_ids, next_token_ids, target_positions, target_hidden_states,
                               token_indices_to_sample, cad, num_rejected_tokens_gpu):
+        with self._phase("inputs"):
+            return self._set_inputs_first_pass(target_token_ids, next_token_ids, target_positions,
+                                               target_hidden_states, token_indices_to_sample, cad,
+                                               num_rejected_tokens_gpu)
+
+    def build_model_inputs_first_pass(self, num_tokens, num_input_tokens, mm_embed_inputs):
+        with self._phase("context_kv"):  # DFlash writes the context K/V here
+            return super().build_model_inputs_first_pass(num_tokens, num_input_tokens, mm_embed_inputs)
+
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        """Time a part of the draft round into the step trace (only while tracing: it synchronises a GPU)."""
+        if not self.is_dspark or not self._trace_path:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self._phases[name] = self._phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def _set_inputs_first_pass(self, target_token_ids, next_token_ids, target_positions, target_hidden_states,
+                               token_indices_to_sample, cad, num_rejected_tokens_gpu):
         gamma = self.num_speculative_tokens
         if not self.is_dspark or gamma < 1:  # γ = 0 (dynamic speculation off this step): the parent's layout
             return super().set_inputs_first_pass(target_token_ids, next_token_ids, target_positions,
@@ -256,8 +288,12 @@ class DSparkProposer(DFlashProposer):
         if self._round is None:
             model = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
             stage = SequentialStage(model.markov_head, model.confidence_head, self.drafter_config.vocab_size)
-            self._round = DraftRound(stage, self.model.compute_logits)
+            self._round = DraftRound(stage, self._compute_logits)
         return self._round
+
+    def _compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self._phase("lm_head"):
+            return self.model.compute_logits(hidden)
 
     def _draft_temperatures(self, sampling_metadata, num_req: int, probabilistic: bool) -> torch.Tensor:
         if not probabilistic:
@@ -286,15 +322,16 @@ class DSparkProposer(DFlashProposer):
         probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
         seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
         self._seeded_rows = [i for i in (sampling_metadata.generators or {}) if i < num_req]
-        out = self._draft_round()(
-            hidden_states,  # [R·γ, H]; the round computes the base logits
+        with self._phase("round"):
+            out = self._draft_round()(
+                hidden_states,  # [R·γ, H]; the round computes the base logits
             self._anchor_ids[:num_req],
-            self._draft_temperatures(sampling_metadata, num_req, probabilistic),
-            seeds,
-            offsets,
-            want_probs=probabilistic,
-            gamma=gamma,
-        )
+                self._draft_temperatures(sampling_metadata, num_req, probabilistic),
+                seeds,
+                offsets,
+                want_probs=probabilistic,
+                gamma=gamma,
+            )
         self._conf_logits = out.conf_logits  # [R, γ] or None
         self._publish_counters()
         probs = out.probs.reshape(num_req * gamma, -1) if probabilistic else None  # [R·γ, V]
@@ -309,9 +346,15 @@ class DSparkProposer(DFlashProposer):
         self._conf_logits = self._request_temps = None
         self._pending = None  # confidences of older drafts must never trim these
         num_req = cad.batch_size()
-        if num_speculative_tokens > 0 and not compat.tp_agree(
-                self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
+        self._phases = {}
+        if num_speculative_tokens == 0:  # vLLM's dynamic speculative decoding turned drafting off this step
+            self._last_round = (num_req, False, 0.0)
+            drafts = self._skip_round(0, **kwargs)  # [R, 0]
+            self._round_phases = self._phases
+            return drafts
+        if not compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
             drafts = self._skip_round(num_speculative_tokens, **kwargs)
+            self._round_phases = self._phases
             self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None, None,
                                                skipped=True)
             self._last_round = (num_req, False, 0.0)
@@ -319,9 +362,8 @@ class DSparkProposer(DFlashProposer):
         self._timer.start()
         drafts = super().propose(num_speculative_tokens, **kwargs)  # [R, γ]
         self._timer.stop()
-        self._last_round = (num_req, True, 0.0 if drafts.shape[1] == 0 else -1.0)
-        if drafts.shape[1] == 0:
-            return drafts
+        self._round_phases = self._phases
+        self._last_round = (num_req, True, -1.0)
         records = self._dump_records(drafts) if self._dump_path else None
         if self.serving.mode == "static" or self._conf_logits is None:
             if records:
@@ -345,7 +387,12 @@ class DSparkProposer(DFlashProposer):
     def _skip_round(self, num_speculative_tokens, *, target_token_ids, target_positions, target_hidden_states,
                     next_token_ids, token_indices_to_sample, common_attn_metadata, num_rejected_tokens_gpu=None,
                     **_unused) -> torch.Tensor:
-        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none)."""
+        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none).
+
+        Only the context K/V must be kept: a position's K/V comes from the target's hidden state there, written in
+        the round after the target processed it; the draft block's own K/V (anchor and masks) is overwritten by
+        those before any later round reads it. So skipping the block's forward, LM head and heads loses nothing.
+        """
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
         hidden = self.model.combine_hidden_states(target_hidden_states)
@@ -405,7 +452,7 @@ class DSparkProposer(DFlashProposer):
         if req_ids:
             lengths = compat.tp_agree(lengths)  # timing-based: rank 0's lengths on every rank
         if pending.dump:
-            self._write_dump(pending.dump, lengths)
+            self._write_dump(pending.dump, lengths, self.policy.stats.last_mode if lengths else None)
         return lengths
 
     def _maybe_log_stats(self, every_s: float = 60.0) -> None:
@@ -454,7 +501,8 @@ class DSparkProposer(DFlashProposer):
                   "predicted_verify_s": None if table is None else float(table.step_time(b)),
                   "prior_verify_s": None if table is None else float(
                       step_seconds_numpy(b, table.batch_tokens, table.prior_seconds)),
-                  "predicted_draft_s": self.policy.draft_seconds(num_req) if drafted else 0.0}
+                  "predicted_draft_s": self.policy.draft_seconds(num_req) if drafted else 0.0,
+                  "draft_phases_s": self._round_phases}
         with open(self._trace_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -489,11 +537,13 @@ class DSparkProposer(DFlashProposer):
             })
         return records
 
-    def _write_dump(self, records: list[dict], lengths: dict[str, int]) -> None:
-        """`length`: drafts the target verified in the next step (None: not trimmed by the policy)."""
+    def _write_dump(self, records: list[dict], lengths: dict[str, int], decided_mode: str | None = None) -> None:
+        """`length`: drafts the target verified in the next step (None: not trimmed by the policy);
+        `decided_mode`: the rule the policy used for the round's lengths (None: no decision)."""
         with open(self._dump_path, "a", encoding="utf-8") as f:
             for rec in records:
-                f.write(json.dumps({**rec, "length": lengths.get(rec["req_id"])}) + "\n")
+                rec = {**rec, "length": lengths.get(rec["req_id"]), "decided_mode": decided_mode}
+                f.write(json.dumps(rec) + "\n")
 
 
 class _GateObservation:

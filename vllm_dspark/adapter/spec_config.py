@@ -25,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vllm_dspark.adapter import compat
 from vllm_dspark.config import DrafterMismatchError, DSparkConfig, check_fits_target
+from vllm_dspark.scheduling.admission import SERVING_MODES
 
 
-Mode = Literal["static", "confidence", "sla"]
+Mode = Literal[SERVING_MODES]
 SERVING_ATTR = "dspark_serving"  # attribute of the draft HF config carrying the resolved settings
 KEY = "dspark"
 
@@ -211,6 +212,20 @@ def drafter_dict_from_hf(hf_config: Any) -> dict:
 
 def is_routed_to_us(hf_config: Any) -> bool:
     return compat.ROUTED_ARCH in (getattr(hf_config, "architectures", None) or [])
+
+
+def draft_hf_config(vllm_config: Any) -> Any | None:
+    """The draft model's HF config of an engine config; None without speculative decoding (or without a draft
+    model, e.g. n-gram)."""
+    spec = vllm_config.speculative_config
+    draft = None if spec is None else spec.draft_model_config
+    return None if draft is None else draft.hf_config
+
+
+def serves_dspark(vllm_config: Any) -> bool:
+    """Whether this engine drafts with a DSpark drafter routed through our model class."""
+    hf = draft_hf_config(vllm_config)
+    return hf is not None and is_routed_to_us(hf)
 
 
 def resolve(

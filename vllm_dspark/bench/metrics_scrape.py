@@ -65,6 +65,23 @@ def parse_metrics(text: str, prefixes: Sequence[str] = DEFAULT_PREFIXES) -> Snap
     return snapshot
 
 
+def scrape(base_url: str, prefixes: Sequence[str] = DEFAULT_PREFIXES, timeout: float = 10.0) -> Snapshot:
+    """GET `/metrics` of a server and parse it (blocking; the sweep's probes are asynchronous)."""
+    import httpx
+
+    resp = httpx.get(base_url.rstrip("/") + "/metrics", timeout=timeout)
+    resp.raise_for_status()
+    return parse_metrics(resp.text, prefixes)
+
+
+def totals(snapshot: Snapshot) -> dict[str, float]:
+    """Values summed over the labels kept in the keys (e.g. every `position`), keyed by sample name."""
+    out: dict[str, float] = defaultdict(float)
+    for key, sample in snapshot.items():
+        out[key.partition("{")[0]] += sample.value
+    return dict(out)
+
+
 def delta(before: Snapshot, after: Snapshot) -> dict[str, float]:
     """Per-point values: counter deltas (a counter absent before counts from 0), gauges after, histogram means."""
     out: dict[str, float] = {}

@@ -90,7 +90,7 @@ class ServerProcess:
             self.command,
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={k: v for k, v in {**os.environ, **self.env}.items() if v is not None},  # None: unset it
             start_new_session=True,  # own process group: stop() reaches the engine and worker children
         )
         return self

@@ -33,11 +33,13 @@ import torch
 from vllm_dspark.scheduling.cost import CostTable
 
 __all__ = [
-    "Admission", "survival_from_confidence", "expected_yield", "expected_throughput", "user_speeds",
-    "admit_static", "admit_throughput", "admit_sla", "verify_lengths", "MODES",
+    "Admission", "survival_from_confidence", "expected_throughput", "user_speeds",
+    "admit_static", "admit_throughput", "admit_sla", "verify_lengths", "MODES", "SERVING_MODES", "MODE_ALIASES",
 ]
 
-MODES = ("static", "throughput", "confidence", "sla")  # "confidence" = the paper's name for "throughput"
+SERVING_MODES = ("static", "confidence", "sla")  # what a server takes as `dspark.mode`
+MODE_ALIASES = {"throughput": "confidence"}  # the scheduler's name for the paper's "confidence" rule
+MODES = SERVING_MODES + tuple(MODE_ALIASES)  # what `verify_lengths` takes
 
 
 def survival_from_confidence(confidence):
@@ -61,12 +63,6 @@ def _user_yields(survival: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     gamma = survival.shape[1]
     taken = np.arange(gamma)[None, :] < lengths[:, None]  # [R, gamma]
     return 1.0 + np.where(taken, survival, 0.0).sum(axis=1)  # [R]
-
-
-def expected_yield(survival, lengths) -> float:
-    """tau = sum_i (1 + sum_{k<L_i} S[i, k])."""
-    s = np.asarray(survival, dtype=np.float64)
-    return float(_user_yields(s, _check_lengths(s, lengths)).sum())
 
 
 def expected_throughput(survival, lengths, table: CostTable) -> float:
@@ -266,7 +262,7 @@ def verify_lengths(confidence, max_len, table: CostTable, mode: str = "throughpu
     used_mode = mode
     if mode == "static":
         lengths = admit_static(max_len)
-    elif mode in ("throughput", "confidence"):
+    elif MODE_ALIASES.get(mode, mode) == "confidence":
         lengths = admit_throughput(source, max_len, table)
         used_mode = "throughput"
     else:

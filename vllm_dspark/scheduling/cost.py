@@ -147,11 +147,6 @@ class CostTable:
         out = step_seconds_numpy(batch_tokens, self.batch_tokens, self.step_seconds)
         return float(out) if np.ndim(out) == 0 else out
 
-    def steps_per_second(self, batch_tokens):
-        """SPS(B) = 1 / step time (scalar, numpy array or torch tensor; returns the same kind)."""
-        t = self.step_time(batch_tokens)
-        return 1.0 / t
-
     def as_tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(table_x [P] float64, table_y [P] float64 step seconds) for tensor batch sizes (`step_time` on a tensor)."""
         x = torch.as_tensor(self.batch_tokens, dtype=torch.float64, device=device)
@@ -199,13 +194,6 @@ class CostTable:
         ratio = np.clip(ratio, 1e-3, 1e3)  # a wild observation must never make a step free or infinite
         info = np.diag(self._gram) + self.prior_strength
         self._fitted = _isotonic_non_decreasing(ratio * self.prior_seconds, info)
-        self._dirty = False
-
-    def reset_observations(self) -> None:
-        self._gram[:] = 0.0
-        self._rhs[:] = 0.0
-        self.num_observations = 0
-        self._fitted = self.prior_seconds.copy()
         self._dirty = False
 
     # ----- construction and persistence -----

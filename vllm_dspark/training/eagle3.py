@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 from torch import nn
-from transformers import DynamicCache, Qwen3Config
+from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
     Qwen3RMSNorm,
@@ -39,7 +39,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from vllm_dspark.checkpoint import read_state_dict
 from vllm_dspark.config import GREEDY_EPS, DrafterMismatchError
-from vllm_dspark.decoding import GenerationResult, RoundRecord, accept_drafts, choose_token
+from vllm_dspark.decoding import GenerationResult, speculative_rounds
 from vllm_dspark.model import DraftBlock, logits_to_probs, target_features
 
 EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -346,7 +346,28 @@ def load_eagle3(directory: str | Path, target: nn.Module | None = None, *, dtype
 
 
 # ---------------------------------------------------------------------------------------------- reference loop
-@torch.no_grad()
+class _Eagle3Rounds:
+    """EAGLE-3's side of `speculative_rounds`: the context is the target features and the tokens so far; a block is
+    drafted one token at a time."""
+
+    def __init__(self, drafter: Eagle3Drafter, hidden_states, prompt_ids: list[int], temperature: float, generator,
+                 gamma: int | None):
+        self.drafter, self.temperature, self.generator, self.gamma = drafter, temperature, generator, gamma
+        self.layer_ids = drafter.config.target_layer_ids
+        self.features = target_features(hidden_states, self.layer_ids)  # [1, n, 3H]
+        self.tokens = list(prompt_ids)
+
+    def draft(self, anchor: int, position: int) -> tuple[DraftBlock, int]:
+        ids = torch.tensor([self.tokens + [anchor]], device=self.features.device)
+        block = self.drafter.draft(self.features, ids, self.temperature, self.generator, self.gamma)
+        return block, block.tokens.shape[1]
+
+    def commit(self, hidden_states, anchor: int, accepted: list[int]) -> None:
+        new_rows = target_features(hidden_states, self.layer_ids)[:, : len(accepted) + 1]
+        self.features = torch.cat([self.features, new_rows], dim=1)
+        self.tokens += [anchor] + accepted
+
+
 def eagle3_generate(
     target: nn.Module,
     drafter: Eagle3Drafter,
@@ -358,38 +379,7 @@ def eagle3_generate(
     stop_token_ids: set[int] | frozenset[int] = frozenset(),
     gamma: int | None = None,
 ) -> GenerationResult:
-    """Speculative decoding with an EAGLE-3 drafter; the round and acceptance rule of `speculative_generate`."""
-    device = next(target.parameters()).device
-    layer_ids = drafter.config.target_layer_ids
-    cache = DynamicCache()
-    out = target(torch.tensor([prompt_ids], device=device), past_key_values=cache, output_hidden_states=True)
-    features = target_features(out.hidden_states, layer_ids)  # [1, n, 3H]
-    tokens = list(prompt_ids)
-    anchor = choose_token(out.logits[0, -1], temperature, generator)
-    result = GenerationResult([anchor])
-    while len(result.output_token_ids) < max_new_tokens and anchor not in stop_token_ids:
-        ids = torch.tensor([tokens + [anchor]], device=device)
-        block = drafter.draft(features, ids, temperature, generator, gamma)
-        n_verify = max(0, min(block.tokens.shape[1], max_new_tokens - len(result.output_token_ids) - 1))
-        drafts = block.tokens[0, :n_verify]
-        out = target(torch.cat([ids[:, -1], drafts])[None], past_key_values=cache, output_hidden_states=True)
-        target_probs = logits_to_probs(out.logits[0].float(), temperature)
-        a, emitted = accept_drafts(drafts, block.probs[0, :n_verify], target_probs, temperature, generator)
-        accepted = drafts[:a].tolist()
-        if stop_token_ids:
-            stops = [i for i, t in enumerate(accepted) if t in stop_token_ids]
-            if stops:
-                a, accepted, emitted = stops[0] + 1, accepted[: stops[0] + 1], None
-        result.rounds.append(RoundRecord(proposed=n_verify, accepted=a, draft_token_ids=block.tokens[0].tolist(),
-                                         confidence_logits=None))
-        result.output_token_ids += accepted + ([] if emitted is None else [emitted])
-        if emitted is None:
-            break
-        features = torch.cat([features, target_features(out.hidden_states, layer_ids)[:, : a + 1]], dim=1)
-        tokens += [anchor] + accepted
-        extra = cache.get_seq_length() - len(tokens)
-        if extra > 0:
-            cache.crop(-extra)
-        anchor = emitted
-    del result.output_token_ids[max_new_tokens:]
-    return result
+    """Speculative decoding with an EAGLE-3 drafter: the round loop and acceptance rule of `speculative_generate`."""
+    return speculative_rounds(
+        target, prompt_ids, lambda hidden: _Eagle3Rounds(drafter, hidden, prompt_ids, temperature, generator, gamma),
+        max_new_tokens=max_new_tokens, temperature=temperature, generator=generator, stop_token_ids=stop_token_ids)

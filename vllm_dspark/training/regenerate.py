@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from vllm_dspark.training.data import DataError, encode_prompt, iter_jsonl, tokenizer_fingerprint
 
 Backend = Literal["auto", "vllm", "transformers"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,12 +62,15 @@ def read_prompt_rows(path: str | Path, tokenizer: Any, *, chat: bool, max_prompt
     return rows
 
 
-def _vllm_available() -> bool:
+def choose_backend(backend: Backend) -> tuple[str, str | None]:
+    """(backend to run, why vLLM was not used when `backend` is "auto" and `import vllm` fails)."""
+    if backend != "auto":
+        return backend, None
     try:
         import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
+    except Exception as e:  # noqa: BLE001 - any import failure (missing, broken build) is reported, not hidden
+        return "transformers", f"backend auto: vLLM not used, `import vllm` failed ({type(e).__name__}: {e})"
+    return "vllm", None
 
 
 def generate_vllm(target: str, rows: list[PromptRow], *, max_new_tokens: int, temperature: float, seed: int,
@@ -154,8 +159,9 @@ def regenerate(
     if max_new_tokens < 1 or max_new_tokens >= max_ctx:
         raise ValueError(f"max_new_tokens must be in [1, {max_ctx}), got {max_new_tokens}")
     rows = read_prompt_rows(prompts, tokenizer, chat=chat, max_prompt_len=max_ctx - max_new_tokens, limit=limit)
-    if backend == "auto":
-        backend = "vllm" if _vllm_available() else "transformers"
+    backend, why_not_vllm = choose_backend(backend)
+    if why_not_vllm:
+        logger.warning("%s; generating with transformers", why_not_vllm)
     t0 = time.perf_counter()
     if backend == "vllm":
         results = generate_vllm(str(target), rows, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -181,5 +187,5 @@ def regenerate(
                        response=tokenizer.decode(resp, skip_special_tokens=False), finish_reason=reason,
                        tokenizer=fingerprint)
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return {"backend": backend, "prompts": len(rows), "response_tokens": n_tokens, "wall_seconds": wall,
-            "tokens_per_second": n_tokens / wall if wall > 0 else None, "out": str(out)}
+    return {"backend": backend, "why_not_vllm": why_not_vllm, "prompts": len(rows), "response_tokens": n_tokens,
+            "wall_seconds": wall, "tokens_per_second": n_tokens / wall if wall > 0 else None, "out": str(out)}

