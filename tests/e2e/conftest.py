@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter, corpus_token_ids
+from vllm_dspark.adapter.cpu_binding import BIND_ENV, suggested_bind
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -49,10 +50,15 @@ def write_linear_cost_table(path: Path, a: float = 10e-3, b: float = 0.5e-3) -> 
     return path
 
 
+TP = 2  # the tensor-parallel servers' workers, one CPU each
+
+
 class ServerPool:
     """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, no draft gate: the lengths
     are the policy's alone; draft dump); sla (cost table profiled at start and refit online, draft gate on, as
-    served by default); dynamic (static under vLLM's dynamic speculative decoding)."""
+    served by default); dynamic (static under vLLM's dynamic speculative decoding). These start together at the
+    first `get`. On demand, started together when one of them is first asked for: tp_confidence (fixed cost
+    table, draft gate on) and tp_sla (as sla), both with tensor parallelism TP over this process's first TP CPUs."""
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
@@ -76,19 +82,37 @@ class ServerPool:
                 "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
                 workdir / "dynamic.log"),
         }
-        self.started = False
+        # A small KV cache per worker (256 MiB: ~40k tokens of pycode-23m over both): these servers come on top of
+        # the pool's; VLLM_CPU_KVCACHE_SPACE (whole GiB, set by Server) would take precedence, so it is unset.
+        tp = ["--tensor-parallel-size", str(TP), "--kv-cache-memory-bytes", str(256 << 20)]
+        bind = {BIND_ENV: suggested_bind(TP, sorted(os.sched_getaffinity(0))[:TP]) or "nobind",
+                "VLLM_CPU_KVCACHE_SPACE": None}
+        self.on_demand = {
+            "tp_confidence": Server("tp_confidence", common + tp + _speculative(
+                "confidence", drafter, cost_table=str(table), online_refit=False), bind, workdir / "tp_confidence.log"),
+            "tp_sla": Server("tp_sla", common + tp + _speculative("sla", drafter, sla_tokens_per_user=20.0), bind,
+                             workdir / "tp_sla.log"),
+        }
+        self.started: set[str] = set()
 
     def get(self, name: str) -> Server:
-        if not self.started:
-            for s in self.servers.values():
+        group = self.on_demand if name in self.on_demand else self.servers
+        if name not in self.started:
+            for s in group.values():
                 s.start(self.target)
-            self.started = True
-        server = self.servers[name]
+            self.started.update(group)
+        server = group[name]
         server.wait_ready()
         return server
 
+    def release_on_demand(self) -> None:
+        """Stop the on-demand servers (their memory is back for the rest of the session)."""
+        for name, s in self.on_demand.items():
+            s.stop()
+            self.started.discard(name)
+
     def stop(self) -> None:
-        for s in self.servers.values():
+        for s in (*self.servers.values(), *self.on_demand.values()):
             s.stop()
 
 

@@ -22,7 +22,7 @@ METRIC_PREFIXES = ("vllm:", "dspark:")
 class Server:
     name: str
     args: list[str]
-    env: dict[str, str]
+    env: dict[str, str | None]
     log: Path
     process: ServerProcess | None = field(default=None, init=False)
 

@@ -124,3 +124,16 @@ def is_first_tp_rank() -> bool:
     if not parallel_state.model_parallel_is_initialized():
         return True
     return parallel_state.get_tensor_model_parallel_rank() == 0
+
+
+def tp_agree(value):
+    """Tensor-parallel rank 0's `value` on every rank (the value itself without tensor parallelism).
+
+    Decisions made from measured step times (the cost table profiled at start and refit online, the draft gate)
+    differ between ranks; each rank must still run the same drafts and verify the same tokens, or the target's
+    collectives combine different batches. Rank 0 decides, the others follow (one small CPU broadcast per step)."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return value
+    return parallel_state.get_tp_group().broadcast_object(value, src=0)

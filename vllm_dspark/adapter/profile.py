@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from vllm_dspark.adapter import compat
 from vllm_dspark.scheduling.cost import CostTable
 
 
@@ -45,7 +46,9 @@ def profile_steps(run_step: Callable[[int], object], batch_tokens: Sequence[int]
         t0 = time.perf_counter()
         run_step(b)
         synchronize()
-        return time.perf_counter() - t0
+        # tensor parallelism: every rank keeps rank 0's times, so all stop profiling at the same size (each
+        # dummy step is a collective) and hold the same table
+        return compat.tp_agree(time.perf_counter() - t0)
 
     return CostTable.from_profile(measure, list(batch_tokens), repeats=repeats, warmup=1, device=device, meta=meta,
                                   time_budget_s=time_budget_s)

@@ -352,7 +352,7 @@ class DSparkProposer(DFlashProposer):
             drafts = self._skip_round(0, **kwargs)  # [R, 0]
             self._round_phases = self._phases
             return drafts
-        if not self._gate_says_draft(num_req, kwargs["sampling_metadata"]):
+        if not compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
             drafts = self._skip_round(num_speculative_tokens, **kwargs)
             self._round_phases = self._phases
             self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None, None,
@@ -449,6 +449,8 @@ class DSparkProposer(DFlashProposer):
             max_len = np.array([len(scheduled_spec_tokens[r]) for r in req_ids], dtype=np.int64)
             lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
             self._maybe_log_stats()
+        if req_ids:
+            lengths = compat.tp_agree(lengths)  # timing-based: rank 0's lengths on every rank
         if pending.dump:
             self._write_dump(pending.dump, lengths, self.policy.stats.last_mode if lengths else None)
         return lengths

@@ -7,6 +7,7 @@ its own process group, so stopping it also stops the engine-core and worker proc
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 
 DEFAULT_LAUNCHER = f"{shlex.quote(sys.executable)} -m vllm.entrypoints.openai.api_server"
+_ERROR_LINE = re.compile(r"(\w+(?:Error|Exception)): (.+)$")
 
 
 class ServerError(RuntimeError):
@@ -44,6 +46,14 @@ def health_ok(base_url: str, timeout: float = 5.0) -> bool:
         return httpx.get(base_url.rstrip("/") + "/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def start_failure(log_text: str) -> str:
+    """The line that says why a server stopped at start: the last `SomethingError: message` of its log, a refusal
+    by vllm-dspark (DSparkConfigError, UnsupportedVLLMVersion) before any other error."""
+    found = [m.group(1) + ": " + m.group(2) for m in map(_ERROR_LINE.search, log_text.splitlines()) if m]
+    refusals = [f for f in found if "DSparkConfigError" in f or "UnsupportedVLLMVersion" in f]
+    return (refusals or found or ["(no error line in the log)"])[-1][:2000]
 
 
 class ServerProcess:
@@ -80,7 +90,7 @@ class ServerProcess:
             self.command,
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={k: v for k, v in {**os.environ, **self.env}.items() if v is not None},  # None: unset it
             start_new_session=True,  # own process group: stop() reaches the engine and worker children
         )
         return self

@@ -7,7 +7,8 @@ keys, so the `dspark` object has to leave the dict before. The wrapper (original
 3. `spec_config.resolve`: drafter vs target, γ vs block_size, mode vs confidence head; the resolved settings
    are attached to the draft HF config, which vLLM ships to every engine process, together with the target
    layers in the key vLLM's runner reads (`eagle_aux_hidden_state_layer_ids`, see `pin_target_layers`);
-4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it).
+4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it);
+   on CPU, tensor / pipeline parallelism needs a worker CPU binding vLLM accepts (`cpu_binding.py`).
    Async scheduling stays the user's / vLLM's choice in every mode: per-request lengths are applied on the
    worker (patch_runner_trim), on the vLLM releases whose runner that patch was checked against;
 5. once per process, two start-up lines: a warning when this vLLM release was read but not run
@@ -20,7 +21,7 @@ import functools
 import os
 from types import ModuleType
 
-from vllm_dspark.adapter import compat, patches, spec_config
+from vllm_dspark.adapter import compat, cpu_binding, patches, spec_config
 from vllm_dspark.adapter.patches._import_hook import when_imported
 
 logger = compat.get_logger(__name__)
@@ -54,6 +55,7 @@ def _finish(engine_args, spec, settings) -> None:
             f"vllm-dspark runs on vLLM's V1 model runner, but {V2_ENV}=1 is set; unset it or set it to 0"
         )
     os.environ[V2_ENV] = "0"
+    cpu_binding.check_engine_args(engine_args)
     if resolved.mode != "static" and not patches.supports_verify_lengths():
         raise spec_config.DSparkConfigError(
             f"--speculative-config: '{spec_config.KEY}.mode' = {resolved.mode!r} trims drafts per request in vLLM's "
