@@ -19,11 +19,11 @@ def model_id(server) -> str:
 
 
 def completions(server, prompts: list[str], max_tokens: int = MAX_TOKENS, ignore_eos: bool = False,
-                with_prompt_ids: bool = False, **kw) -> list:
+                with_prompt_ids: bool = False, extra_body: dict | None = None, **kw) -> list:
     """All prompts in flight at once; returns the generated token ids of each ((prompt ids, generated ids) with
-    `with_prompt_ids`)."""
+    `with_prompt_ids`). `extra_body`: more vLLM request fields (e.g. structured_outputs)."""
     c, model = client(server), model_id(server)
-    extra = {"return_token_ids": True, **({"ignore_eos": True} if ignore_eos else {})}
+    extra = {"return_token_ids": True, **({"ignore_eos": True} if ignore_eos else {}), **(extra_body or {})}
 
     def one(prompt):
         choice = c.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, extra_body=extra,
