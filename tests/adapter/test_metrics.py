@@ -59,11 +59,17 @@ def test_silent_for_other_drafters():
 
 def test_worker_counters_reach_prometheus(tmp_path, monkeypatch):
     """The worker's shared counters (SLA fallbacks, eager draft rounds, graphs on/off) become dspark:* series on
-    the engine's `record` calls: zero-valued series exist once the worker's file does, counters follow its values."""
+    the engine's `record` calls: counters follow the worker's values, gauges appear once its file exists."""
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     logger = DSparkStatLogger(_vllm_config(compat.ROUTED_ARCH, instance_id="inst-a"), engine_index=3)
-    logger.record(_step([2], [1], running=1), None, engine_idx=3)  # before the worker started: nothing, no error
-    assert _value("dspark:sla_fallbacks_total", engine="3") is None
+    # Counters exist at 0 from construction: a scrape before the first step (or of a counter that never moved)
+    # finds the series.
+    for name in ("verify_rounds", "accepted_tokens", "request_steps", "length_decisions", "sla_fallbacks",
+                 "draft_eager_fallbacks", "draft_off_steps", "draft_probe_steps"):
+        assert _value(f"dspark:{name}_total", engine="3") == 0, name
+    logger.record(_step([2], [1], running=1), None, engine_idx=3)  # before the worker started: no error
+    assert _value("dspark:sla_fallbacks_total", engine="3") == 0
+    assert _value("dspark:draft_cuda_graphs", engine="3") is None  # a gauge waits for the worker's value
     writer = SharedCounters.create(path_for("inst-a", 3))
     assert writer.path.parent == tmp_path and writer.read() == dict.fromkeys(FIELDS, 0)
     logger.record(_step([2], [1], running=1), None, engine_idx=3)
