@@ -401,7 +401,8 @@ class DSparkProposer(DFlashProposer):
                                                      num_rejected_tokens_gpu)
         self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
         num_req = common_attn_metadata.batch_size()
-        return self._anchor_ids[:num_req, None].to(torch.int64).expand(num_req, num_speculative_tokens).contiguous()
+        # next_token_ids, not _anchor_ids: at γ = 0 the parent's layout runs and _anchor_ids is last round's.
+        return next_token_ids[:num_req, None].to(torch.int64).expand(num_req, num_speculative_tokens).contiguous()
 
     def _stash_confidences(self, num_req: int, records: list[dict] | None) -> PendingConfidences:
         """Calibrated confidences [R, γ] to the host without blocking (pinned buffer + event on GPU)."""
