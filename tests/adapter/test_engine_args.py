@@ -108,7 +108,7 @@ def test_confidence_mode_refused_where_the_runner_is_not_patched(dirs, monkeypat
 
 @pytest.mark.parametrize("version,is_cpu,warned,v2_line", [
     ("0.32.0", True, False, False), ("0.33.0", True, True, False), ("0.33.0", False, True, True),
-    ("0.26.0", False, True, True),
+    ("0.26.0", False, False, True), ("0.28.0", False, True, True),
 ])
 def test_start_up_lines(monkeypatch, version, is_cpu, warned, v2_line):
     """One warning on a release read but not run; on GPUs, one line saying V1 is selected over vLLM's V2 default."""
@@ -217,7 +217,7 @@ def test_deepspec_layer_ids_are_what_the_runner_captures(dirs, tmp_path, layer_i
 
 
 def test_deepspec_mask_token_and_layers_are_where_every_release_reads_them(dirs, tmp_path):
-    """A DeepSpec config spells the mask token and target layers only top-level; vLLM up to 0.31 reads them only
+    """A DeepSpec config spells the mask token and target layers only top-level; vLLM 0.26 reads them only
     from `dflash_config` (the proposer refuses the drafter at start without the mask token; the drafter model
     sizes its fc from `num_hidden_layers` without the layers). The engine config must carry both there."""
     raw = json.loads((Path(dirs["drafter"]) / "config.json").read_text())

@@ -35,10 +35,15 @@ def test_constrained_greedy_equals_plain(servers, e2e_prompts, mode, kind):
     if kind not in _PLAIN:
         _PLAIN[kind] = constrained(servers.get("plain"), prompts, kind)
     server = servers.get(mode)
-    key = "vllm:spec_decode_num_draft_tokens_total"
-    before = server.metrics()[key]
+    keys = ("vllm:spec_decode_num_draft_tokens_total", "dspark:draft_off_steps_total")
+    before = server.metrics()
     got = constrained(server, prompts, kind)
-    assert server.metrics()[key] > before, f"{mode}: no draft was verified: the test would not exercise trimming"
+    after = server.metrics()
+    verified, gated = (after[k] - before[k] for k in keys)
+    # Either path cuts the scheduled drafts on the worker (to the policy's lengths, or to none where the draft
+    # gate leaves drafting off at this load), so the bitmask rows must follow the cut.
+    assert verified > 0 or (mode == "sla" and gated > 0), (
+        f"{mode}: no draft was verified (and no round was left without drafts): the test would not exercise trimming")
     mismatched = [i for i, (g, w) in enumerate(zip(got, _PLAIN[kind])) if g != w]
     assert not mismatched, f"mode {mode}, {kind}: requests {mismatched} differ from the plain server"
     from transformers import AutoTokenizer

