@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job end to end on a fresh (CPU) machine; 9.3 min on 2 idle cores, 33.5 min on 2 busy ones (benchmarks/RESULTS.md):
+# The main job end to end on a fresh (CPU) machine; 9.3 min on 2 idle cores, 33.5 min on 2 busy ones
+# (benchmarks/RESULTS.md):
 #   install -> regenerate training data with the target -> train a DSpark drafter -> calibrate its confidence head
 #   (STS) -> evaluate τ offline -> serve target + drafter in vLLM -> query it with the openai client -> benchmark.
 #   bash examples/quickstart.sh [TARGET_DIR] [OUT_DIR]

@@ -100,10 +100,12 @@ class DSparkStatLogger(StatLoggerBase):
             else f"{serving.sla_tokens_per_user:g}",
             engine=self.engine,
         ).set(1)
-        # Every counter exists at 0 from start, not from the first step that moves it: a scrape before the first
-        # request (or of a gate that never switched) reads 0 instead of finding no series.
-        for key in ("rounds", "verified", "request_steps", "accepted", *_WORKER_COUNTERS.values()):
-            m[key].labels(self.engine)
+        # Every per-engine counter exists at 0 from start, not from the first step that moves it: a scrape before
+        # the first request (or of a gate that never switched) reads 0 instead of finding no series. (Per-position
+        # series appear with their position.)
+        for key, metric in m.items():
+            if isinstance(metric, Counter) and key != "verified_pos":
+                metric.labels(self.engine)
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
         if not self.enabled or scheduler_stats is None:

@@ -131,7 +131,7 @@ class DSparkProposer(DFlashProposer):
         want = spec_config.vllm_aux_layer_ids(cfg)
         given = getattr(hf, "eagle_aux_hidden_state_layer_ids", None)
         if given is None:
-            spec_config.pin_target_layers(hf, cfg)
+            spec_config.pin_drafter_keys(hf, cfg)
         elif list(given) != want:
             raise DrafterMismatchError(
                 f"drafter target_layer_ids {cfg.target_layer_ids} need vLLM aux layers {want}, but the draft config "

@@ -288,25 +288,20 @@ def vllm_aux_layer_ids(drafter: DSparkConfig) -> list[int]:
     return [i + 1 for i in drafter.target_layer_ids]
 
 
-def pin_target_layers(hf_config: Any, drafter: DSparkConfig) -> None:
-    """State the drafter's target layers where vLLM's V1 runner reads them.
+def pin_drafter_keys(hf_config: Any, drafter: DSparkConfig) -> None:
+    """State the drafter's target layers and mask token in the keys vLLM's runner, proposer and drafter model read,
+    on every supported release. A DeepSpec config spells both only top-level (`target_layer_ids`,
+    `mask_token_id`):
 
-    The runner picks the target layers to capture from `eagle_aux_hidden_state_layer_ids` or `dflash_config` only
-    and otherwise falls back to the target model's EAGLE-3 defaults, while vLLM sizes the drafter's `fc` from
-    `target_layer_ids` too: a DeepSpec config (only `target_layer_ids`) then gets features of other layers, in
-    another number, and the engine dies on its first request. Setting the explicit key makes both agree.
+    - the V1 runner picks the target layers to capture from `eagle_aux_hidden_state_layer_ids` or `dflash_config`
+      only and otherwise falls back to the target model's EAGLE-3 defaults, while vLLM sizes the drafter's `fc`
+      from `target_layer_ids`: the drafter then gets features of other layers, in another number, and the engine
+      dies on its first request;
+    - vLLM 0.26's proposer reads the mask token only from `dflash_config.mask_token_id` (else it refuses the
+      drafter at start; 0.32 also reads the top-level key) and its drafter model sizes `fc` from
+      `dflash_config.target_layer_ids` (else from `num_hidden_layers`, and loading the weights fails).
     """
     hf_config.eagle_aux_hidden_state_layer_ids = vllm_aux_layer_ids(drafter)
-
-
-def pin_dflash_config(hf_config: Any, drafter: DSparkConfig) -> None:
-    """State the drafter's mask token and target layers in `dflash_config`, the keys every release reads.
-
-    A DeepSpec config spells both only top-level (`mask_token_id`, `target_layer_ids`). vLLM 0.32 reads those;
-    0.26's proposer reads the mask token only from `dflash_config.mask_token_id` (else it refuses the drafter at
-    start) and its drafter model sizes `fc` from `dflash_config.target_layer_ids` (else from `num_hidden_layers`,
-    and loading the weights fails).
-    """
     dflash = dict(getattr(hf_config, "dflash_config", None) or {})
     want = {"mask_token_id": drafter.mask_token_id, "target_layer_ids": list(drafter.target_layer_ids)}
     if any(dflash.get(k) != v for k, v in want.items()):

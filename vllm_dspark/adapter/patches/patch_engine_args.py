@@ -7,7 +7,7 @@ keys, so the `dspark` object has to leave the dict before. The wrapper (original
 3. `spec_config.resolve`: drafter vs target, γ vs block_size, mode vs confidence head; the resolved settings
    are attached to the draft HF config, which vLLM ships to every engine process, together with the target
    layers and the mask token in the keys vLLM's runner, proposer and drafter model read on every release
-   (`pin_target_layers`, `pin_dflash_config`);
+   (`pin_drafter_keys`);
 4. engine switches DSpark needs: the V1 model runner (`VLLM_USE_V2_MODEL_RUNNER=0` unless the user set it);
    on CPU, tensor / pipeline parallelism needs a worker CPU binding vLLM accepts (`cpu_binding.py`).
    Async scheduling stays the user's / vLLM's choice in every mode: per-request lengths are applied on the
@@ -50,8 +50,7 @@ def _finish(engine_args, spec, settings) -> None:
                                    spec.target_model_config.hf_config)
     spec_config.check_dynamic_sd(resolved, getattr(spec, "num_speculative_tokens_per_batch_size", None))
     spec_config.attach(hf, resolved)
-    spec_config.pin_target_layers(hf, drafter)
-    spec_config.pin_dflash_config(hf, drafter)
+    spec_config.pin_drafter_keys(hf, drafter)
     if os.environ.get(V2_ENV, "").strip() in ("1", "true", "True"):
         raise spec_config.DSparkConfigError(
             f"vllm-dspark runs on vLLM's V1 model runner, but {V2_ENV}=1 is set; unset it or set it to 0"
