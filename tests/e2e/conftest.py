@@ -56,8 +56,8 @@ TP = 2  # the tensor-parallel servers' workers, one CPU each
 class ServerPool:
     """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, no draft gate: the lengths
     are the policy's alone; draft dump); sla (cost table profiled at start and refit online, draft gate on, as
-    served by default); dynamic (static under vLLM's dynamic speculative decoding). These start together at the
-    first `get`. On demand, started together when one of them is first asked for: tp_confidence (fixed cost
+    served by default); dynamic (static under vLLM's dynamic speculative decoding; draft dump). These start
+    together at the first `get`. On demand, started together when one of them is first asked for: tp_confidence (fixed cost
     table, draft gate on) and tp_sla (as sla), both with tensor parallelism TP over this process's first TP CPUs."""
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
@@ -66,7 +66,8 @@ class ServerPool:
         table = write_linear_cost_table(workdir / "cost_table.json")
         common = list(COMMON_ARGS)
         self.dump = workdir / "drafts.jsonl"
-        self.dumps = {"confidence": self.dump, "sla": workdir / "sla_drafts.jsonl"}  # VLLM_DSPARK_DEBUG_DUMP
+        self.dumps = {"confidence": self.dump, "sla": workdir / "sla_drafts.jsonl",  # VLLM_DSPARK_DEBUG_DUMP
+                      "dynamic": workdir / "dynamic_drafts.jsonl"}
         self.step_trace = workdir / "sla_steps.jsonl"  # VLLM_DSPARK_STEP_TRACE of the sla server
         self.dynamic_schedule = DYNAMIC_SCHEDULE
         self.servers = {
@@ -79,8 +80,8 @@ class ServerPool:
                           {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["sla"]),
                            "VLLM_DSPARK_STEP_TRACE": str(self.step_trace)}, workdir / "sla.log"),
             "dynamic": Server("dynamic", common + _speculative(
-                "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}), {},
-                workdir / "dynamic.log"),
+                "static", drafter, {"num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE}),
+                {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["dynamic"])}, workdir / "dynamic.log"),
         }
         # A small KV cache per worker (256 MiB: ~40k tokens of pycode-23m over both): these servers come on top of
         # the pool's; VLLM_CPU_KVCACHE_SPACE (whole GiB, set by Server) would take precedence, so it is unset.

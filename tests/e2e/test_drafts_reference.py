@@ -5,6 +5,9 @@ drafted tokens, confidence logits; `reference_drafts` redrafts each greedy round
 """
 from __future__ import annotations
 
+import json
+
+from clients import completions
 from reference_drafts import assert_drafts_match_reference, greedy_sequences
 
 NUM_PROMPTS = 4
@@ -13,3 +16,33 @@ NUM_PROMPTS = 4
 def test_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
     sequences = greedy_sequences(servers.get("confidence"), e2e_prompts[:NUM_PROMPTS])
     assert_drafts_match_reference(servers.dump, sequences, e2e_target, e2e_drafter, min_rounds=3 * NUM_PROMPTS)
+
+
+def test_drafts_after_rounds_without_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
+    """The dynamic server drafts nothing while all 16 requests run (γ = 0: the rounds only keep the drafter's
+    context K/V, held back and written in one batch before the next drafting round) and drafts again as requests
+    finish. Those drafts read the context of the steps without drafts, so they equal the reference's only if it
+    was all written, in order, before they ran."""
+    server, dump = servers.get("dynamic"), servers.dumps["dynamic"]
+    offset = dump.stat().st_size if dump.exists() else 0
+    limits = [8 + 2 * i for i in range(len(e2e_prompts))]  # requests finish one by one: γ 0, then 2, then 4
+    out = completions(server, e2e_prompts, max_tokens=limits, ignore_eos=True, with_prompt_ids=True,
+                      temperature=0.0)
+    sequences = {tuple(p): p + g for p, g in out}
+    with open(dump, "rb") as f:
+        f.seek(offset)
+        rounds = [json.loads(line) for line in f.read().decode().splitlines()]
+    # rounds after a partial prefill chunk draft from a token vLLM discards; the rest continue the text
+    rounds = [r for r in rounds if r["anchor_pos"] >= len(r["prompt_token_ids"])]
+    run_dump = dump.with_name("dynamic_drafts_this_run.jsonl")
+    run_dump.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    positions: dict[tuple[int, ...], list[int]] = {}
+    for r in rounds:
+        positions.setdefault(tuple(r["prompt_token_ids"]), []).append(r["anchor_pos"])
+    # a round advances a request by at most γ + 1 tokens: a longer gap between two of its rounds was steps
+    # without drafts, whose context the next round reads
+    resumed = [k for k, pos in positions.items()
+               if any(b - a > servers.gamma + 1 for a, b in zip(sorted(pos), sorted(pos)[1:]))]
+    assert len(resumed) >= len(e2e_prompts) // 2, (
+        f"only {len(resumed)} of {len(e2e_prompts)} requests drafted again after steps without drafts")
+    assert_drafts_match_reference(run_dump, sequences, e2e_target, e2e_drafter, min_rounds=2 * len(resumed))

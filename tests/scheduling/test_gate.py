@@ -26,12 +26,17 @@ def test_load_bucket_powers_of_two():
     assert [load_bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 1, 2, 4, 4, 8, 8, 16, 16, 32]
 
 
-def test_turns_drafting_off_where_it_loses_and_probes_rarely():
-    gate = DraftGate(min_samples=4, probe_every=32)
-    decisions = run_engine(gate, 4, 400, rate_on=70.0, rate_off=100.0, noise=0.05)
-    tail = decisions[50:]
-    # after exploration, drafting happens only on probes: one step in probe_every
-    assert sum(tail) == pytest.approx(len(tail) / 32, abs=2)
+def _gaps(decisions: list[bool], probe_value: bool) -> list[int]:
+    at = [i for i, d in enumerate(decisions) if d == probe_value]
+    return [b - a for a, b in zip(at, at[1:])]
+
+
+def test_turns_drafting_off_where_it_loses_and_probes_ever_more_rarely():
+    gate = DraftGate(min_samples=4, probe_every=32, max_backoff=4)
+    decisions = run_engine(gate, 4, 1200, rate_on=70.0, rate_off=100.0, noise=0.05)
+    tail = decisions[8:]  # after exploration, drafting happens only on probes, each gap twice the last
+    gaps = _gaps(tail, True)
+    assert gaps[0] == 64 and set(gaps[1:]) == {128} and len(gaps) >= 8  # capped at 32 × 4
     assert gate.stats.off_steps == decisions.count(False)
     assert gate.rates(4)[0] == pytest.approx(70.0, rel=0.06)
     assert gate.rates(4)[1] == pytest.approx(100.0, rel=0.06)
@@ -39,9 +44,10 @@ def test_turns_drafting_off_where_it_loses_and_probes_rarely():
 
 def test_keeps_drafting_where_it_pays():
     gate = DraftGate(min_samples=4, probe_every=32)
-    decisions = run_engine(gate, 1, 400, rate_on=140.0, rate_off=100.0, noise=0.05)
-    tail = decisions[50:]
-    assert len(tail) - sum(tail) == pytest.approx(len(tail) / 32, abs=2)  # off only to probe
+    decisions = run_engine(gate, 1, 1000, rate_on=140.0, rate_off=100.0, noise=0.05)
+    tail = decisions[8:]
+    assert _gaps(tail, False) == [64, 128, 256, 512]  # off only to probe, ever more rarely (cap 32 × 16)
+    assert gate.stats.switches == 0
 
 
 def test_each_load_decides_on_its_own():
@@ -59,6 +65,8 @@ def test_follows_a_change_in_acceptance():
     decisions = run_engine(gate, 2, 300, rate_on=60.0, rate_off=100.0)
     assert not gate.buckets[2].drafting
     assert sum(decisions[-100:]) <= 100 / 8 + 1
+    # backed off to 128 steps between probes while drafting paid; the switch brought the interval back to 8
+    assert gate.stats.switches == 1 and gate.buckets[2].probe_interval <= 8 * 2 ** 5
 
 
 def test_hysteresis_holds_the_state_between_close_rates():
@@ -77,8 +85,8 @@ def test_idle_gaps_are_not_measured():
     assert gate.rates(1) == before and gate.stats.rejected_observations == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"min_samples": 0}, {"probe_every": 1}, {"hysteresis": 1.0}, {"memory": 0.5},
-                                    {"max_ratio": 1.0}])
+@pytest.mark.parametrize("kwargs", [{"min_samples": 0}, {"probe_every": 1}, {"max_backoff": 0}, {"hysteresis": 1.0},
+                                    {"memory": 0.5}, {"max_ratio": 1.0}])
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="draft gate"):
         DraftGate(**kwargs)

@@ -37,6 +37,7 @@ import torch
 from vllm.v1.spec_decode.dflash import DFlashProposer
 
 from vllm_dspark.adapter import compat, spec_config
+from vllm_dspark.adapter.context_backlog import ContextBacklog, context_slots
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
 from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys
 from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
@@ -110,6 +111,8 @@ class DSparkProposer(DFlashProposer):
         self.policy.on_decision = lambda _stats: self._publish_counters()
         self._timer = _RoundTimer(device)
         self._gate_obs: _GateObservation | None = None  # the last step, for the draft gate
+        mib = serving.context_kv_backlog_mib
+        self._backlog = ContextBacklog(mib << 20) if mib else None  # context rows of rounds that drafted nothing
         name, why = block_backend(device)
         logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
 
@@ -246,8 +249,17 @@ class DSparkProposer(DFlashProposer):
                                                num_rejected_tokens_gpu)
 
     def build_model_inputs_first_pass(self, num_tokens, num_input_tokens, mm_embed_inputs):
-        with self._phase("context_kv"):  # DFlash writes the context K/V here
+        with self._phase("context_kv"):  # DFlash writes the context K/V here; the backlog's rows go first
+            self._write_backlog()
             return super().build_model_inputs_first_pass(num_tokens, num_input_tokens, mm_embed_inputs)
+
+    @torch.inference_mode()
+    def _write_backlog(self) -> None:
+        """The context K/V of the rounds since the last drafting round, in one batch (see context_backlog)."""
+        taken = None if not self.is_dspark or self._backlog is None else self._backlog.take()
+        if taken is not None:
+            hidden, positions, slots = taken
+            self.model.precompute_and_store_context_kv(self.model.combine_hidden_states(hidden), positions, slots)
 
     @contextlib.contextmanager
     def _phase(self, name: str):
@@ -387,20 +399,31 @@ class DSparkProposer(DFlashProposer):
     def _skip_round(self, num_speculative_tokens, *, target_token_ids, target_positions, target_hidden_states,
                     next_token_ids, token_indices_to_sample, common_attn_metadata, num_rejected_tokens_gpu=None,
                     **_unused) -> torch.Tensor:
-        """A round that drafts nothing: store the new context K/V, return placeholders [R, γ] (verified: none).
+        """A round that drafts nothing: keep the new context K/V, return placeholders [R, γ] (verified: none).
 
         Only the context K/V must be kept: a position's K/V comes from the target's hidden state there, written in
         the round after the target processed it; the draft block's own K/V (anchor and masks) is overwritten by
         those before any later round reads it. So skipping the block's forward, LM head and heads loses nothing.
+        With the backlog on, the rows wait there and the next drafting round writes them (context_backlog).
         """
         self.num_speculative_tokens = num_speculative_tokens
         self._last_draft_probs = None
-        hidden = self.model.combine_hidden_states(target_hidden_states)
-        num_query, _, _ = self.set_inputs_first_pass(target_token_ids, next_token_ids, target_positions, hidden,
-                                                     token_indices_to_sample, common_attn_metadata,
-                                                     num_rejected_tokens_gpu)
-        self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
-        num_req = common_attn_metadata.batch_size()
+        cad = common_attn_metadata
+        if self._backlog is not None:
+            n = cad.num_actual_tokens  # the context rows (the runner's buffers may be longer)
+            with self._phase("inputs"):
+                positions = target_positions[:n]
+                slots = context_slots(positions, cad.query_start_loc, cad.block_table_tensor, self.block_size,
+                                      cad.batch_size())
+            with self._phase("context_kv"):
+                if self._backlog.add(target_hidden_states[:n], positions, slots):
+                    self._write_backlog()
+        else:
+            hidden = self.model.combine_hidden_states(target_hidden_states)
+            num_query, _, _ = self.set_inputs_first_pass(target_token_ids, next_token_ids, target_positions, hidden,
+                                                         token_indices_to_sample, cad, num_rejected_tokens_gpu)
+            self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
+        num_req = cad.batch_size()
         # next_token_ids, not _anchor_ids: at γ = 0 the parent's layout runs and _anchor_ids is last round's.
         return next_token_ids[:num_req, None].to(torch.int64).expand(num_req, num_speculative_tokens).contiguous()
 

@@ -71,7 +71,14 @@ class DSparkServingConfig(BaseModel):
         "target's own token); the other state is sampled again every gate_probe_every steps",
     )
     gate_probe_every: int = Field(default=32, ge=2, le=100000, description="steps between samples of the state "
-                                  "not in use (draft gate)")
+                                  "not in use (draft gate); doubles after each sample that leaves the state as it "
+                                  "was, up to 16×, and comes back after a switch")
+    context_kv_backlog_mib: int = Field(
+        default=64, ge=0, le=1 << 20,
+        description="rounds that draft nothing (draft gate off, or γ = 0) keep the target's hidden states and write "
+        "the drafter's context K/V in one batch before the next drafting round, or once they pass this many MiB; "
+        "0 = write them every step",
+    )
     save_cost_table: str | None = Field(default=None, description="write the profiled table to this JSON path")
     cuda_graph_max_batch: int = Field(
         default=256, ge=0, le=4096,

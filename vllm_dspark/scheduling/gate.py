@@ -10,8 +10,10 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
 - Buckets: R rounded up to a power of two (1, 2, 3-4, 5-8, ...): each load keeps its own estimates.
 - Estimates: exponentially forgotten sums of tokens and seconds (about `memory` steps), rate = tokens / seconds.
 - Exploration: a bucket first takes each state for `min_samples` steps; afterwards the state not in use is
-  sampled once every `probe_every` steps (so its estimate follows changes in content and acceptance). Probing
-  costs at most 1 / probe_every of the steps at the worse rate.
+  sampled once every `probe_every` steps (so its estimate follows changes in content and acceptance). Each probe
+  that leaves the state in use unchanged doubles the bucket's interval, up to `probe_every × max_backoff`; a
+  switch resets it. So a bucket whose answer keeps being the same (a drafter that never pays at this load) pays
+  for probes ever more rarely, and one whose answer changes probes often again.
 - Hysteresis: the state switches only when the other state's rate beats the current one's by `hysteresis`.
 - Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
   not used.
@@ -57,6 +59,7 @@ class _Bucket:
     off: _Rate = field(default_factory=_Rate)
     drafting: bool = True  # the state in use
     since_probe: int = 0  # steps in the current state since the other was last sampled
+    probe_interval: int = 32  # steps until the next probe (set from the gate's probe_every)
     recent_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
 
 
@@ -71,16 +74,17 @@ class GateStats:
 
 
 class DraftGate:
-    def __init__(self, *, min_samples: int = 4, probe_every: int = 32, hysteresis: float = 0.03,
-                 memory: float = 64.0, max_ratio: float = 4.0):
-        if min_samples < 1 or probe_every < 2:
-            raise ValueError(f"draft gate: need min_samples >= 1 and probe_every >= 2, got {min_samples}, "
-                             f"{probe_every}")
+    def __init__(self, *, min_samples: int = 4, probe_every: int = 32, max_backoff: int = 16,
+                 hysteresis: float = 0.03, memory: float = 64.0, max_ratio: float = 4.0):
+        if min_samples < 1 or probe_every < 2 or max_backoff < 1:
+            raise ValueError(f"draft gate: need min_samples >= 1, probe_every >= 2 and max_backoff >= 1, got "
+                             f"{min_samples}, {probe_every}, {max_backoff}")
         if not (0 <= hysteresis < 1) or memory < 1 or max_ratio <= 1:
             raise ValueError(f"draft gate: need 0 <= hysteresis < 1, memory >= 1, max_ratio > 1, got {hysteresis}, "
                              f"{memory}, {max_ratio}")
         self.min_samples = min_samples
         self.probe_every = probe_every
+        self.max_probe_every = probe_every * max_backoff
         self.hysteresis = hysteresis
         self.decay = 1.0 - 1.0 / memory
         self.max_ratio = max_ratio
@@ -88,7 +92,10 @@ class DraftGate:
         self.stats = GateStats()
 
     def _bucket(self, num_requests: int) -> _Bucket:
-        return self.buckets.setdefault(load_bucket(num_requests), _Bucket())
+        key = load_bucket(num_requests)
+        if key not in self.buckets:
+            self.buckets[key] = _Bucket(probe_interval=self.probe_every)
+        return self.buckets[key]
 
     def should_draft(self, num_requests: int) -> bool:
         """Whether the round about to run at this load should draft (True) or leave drafting off (False)."""
@@ -100,9 +107,10 @@ class DraftGate:
         else:
             self._maybe_switch(b)
             b.since_probe += 1
-            probe = b.since_probe >= self.probe_every
-            if probe:
+            probe = b.since_probe >= b.probe_interval
+            if probe:  # the state in use has held since the last switch: wait longer for the next probe
                 b.since_probe = 0
+                b.probe_interval = min(2 * b.probe_interval, self.max_probe_every)
             draft = b.drafting != probe
         self.stats.steps += 1
         self.stats.off_steps += not draft
@@ -114,6 +122,7 @@ class DraftGate:
         if other.rate > current.rate * (1.0 + self.hysteresis):
             b.drafting = not b.drafting
             b.since_probe = 0
+            b.probe_interval = self.probe_every
             self.stats.switches += 1
 
     def observe(self, num_requests: int, drafted: bool, tokens: int, seconds: float) -> bool:
