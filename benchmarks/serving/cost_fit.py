@@ -65,6 +65,8 @@ def summarize(records: list[dict]) -> list[dict]:
             "draft_ms": 1e3 * statistics.fmean(r["draft_s"] for r in drafted) if drafted else None,
             "draft_share": (statistics.fmean(r["draft_s"] / r["period_s"] for r in drafted) if drafted else None),
             "draft_parts_ms": draft_parts_ms(drafted),
+            "mean_draft_depth": (statistics.fmean(r["draft_depth"] for r in drafted)
+                                 if drafted and all("draft_depth" in r for r in drafted) else None),
         })
     return out
 
@@ -89,11 +91,12 @@ def print_draft_parts(rows: list[dict]) -> None:
     if not rows:
         return
     names = list(rows[0]["draft_parts_ms"])
-    print("\n| requests | " + " | ".join(f"{n} ms" for n in names) + " | round ms | verify ms |")
-    print("|---:|" + "---:|" * (len(names) + 2))
+    print("\n| requests | " + " | ".join(f"{n} ms" for n in names) + " | round ms | verify ms | slots drafted |")
+    print("|---:|" + "---:|" * (len(names) + 3))
     for r in rows:
         parts = " | ".join(f"{r['draft_parts_ms'][n]:.1f}" for n in names)
-        print(f"| {r['requests']} | {parts} | {r['draft_ms']:.1f} | {r['observed_verify_ms']:.1f} |")
+        depth = "-" if r["mean_draft_depth"] is None else f"{r['mean_draft_depth']:.2f}"
+        print(f"| {r['requests']} | {parts} | {r['draft_ms']:.1f} | {r['observed_verify_ms']:.1f} | {depth} |")
 
 
 def plot(records: list[dict], path: Path) -> None:

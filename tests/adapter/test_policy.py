@@ -118,3 +118,22 @@ def test_modes_come_from_one_list():
         VerifyLengthPolicy(mode, 4, sla_tokens_per_user=10.0 if mode == "sla" else None)
     with pytest.raises(ValueError, match="mode must be one of"):
         VerifyLengthPolicy("throughput", 4)  # an alias of the scheduler, not a serving mode
+
+
+def test_draft_depth_follows_the_longest_recent_length_per_load():
+    gamma = 7
+    policy = VerifyLengthPolicy("confidence", gamma, linear_table(), depth_window=4)
+    assert policy.draft_depth(16) == gamma  # nothing decided yet at this load
+    assert policy.lengths(np.full((16, gamma), 0.8)).tolist() == [1] * 16  # (as test_lengths_shrink_with_load)
+    assert policy.draft_depth(16) == 2 and policy.draft_depth(9) == 2  # one past the longest, same bucket
+    assert policy.draft_depth(1) == gamma  # another load keeps its own history
+    policy.lengths(np.full((1, gamma), 0.8))  # R = 1 verifies more: 4 at c = 0.8 (10 ms + 1 ms per token)
+    assert policy.draft_depth(1) == min(gamma, int(policy.lengths(np.full((1, gamma), 0.8))[0]) + 1)
+    # a long length lately keeps the depth up until the window forgets it
+    certain = np.ones((16, gamma))
+    policy.lengths(certain, np.full(16, 5))
+    assert policy.draft_depth(16) == 6
+    for _ in range(4):
+        policy.lengths(np.full((16, gamma), 0.8))
+    assert policy.draft_depth(16) == 2
+    assert VerifyLengthPolicy("static", gamma).draft_depth(16) == gamma

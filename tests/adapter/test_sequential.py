@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys, pad_block
 from vllm_dspark.config import GREEDY_EPS, DSparkConfig
 from vllm_dspark.model import DSparkDrafter
 
@@ -217,3 +217,37 @@ def test_draft_round_graph_replay_matches_eager(head_type):
     assert graphed.replays_graphs and not eager.replays_graphs
     assert graphed.eager_fallbacks == 4  # per kind: the batch of 9 and γ = 2
     assert eager.eager_fallbacks == 0
+
+
+@pytest.mark.parametrize("head_type", ["vanilla", "gated", "rnn"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_a_shorter_walk_drafts_the_first_slots_of_the_full_one(head_type, depth):
+    """The proposer's draft depth: walking only the first slots of the block (LM head included) draws the same
+    tokens, distributions and confidences there as the full walk, greedy and sampled (same seeds and counters)."""
+    drafter = _drafter(head_type)
+    hidden, anchors, _ = _inputs(drafter, seed=3)
+    round_ = DraftRound(_stage(drafter), drafter.lm_head)
+    temps = torch.tensor([1.0, 0.0, 0.8, 1.5, 0.0, 1.0])
+    seeds = torch.arange(N, dtype=torch.int64) * 31 + 5
+    offsets = torch.arange(N, dtype=torch.int64) * 50
+    for want_probs, t in ((False, torch.zeros(N)), (True, temps)):
+        full = round_(hidden.reshape(N * GAMMA, H), anchors, t, seeds, offsets, want_probs=want_probs, gamma=GAMMA)
+        part = round_(hidden[:, :depth].reshape(N * depth, H), anchors, t, seeds, offsets, want_probs=want_probs,
+                      gamma=depth)
+        assert torch.equal(part.tokens, full.tokens[:, :depth])
+        torch.testing.assert_close(part.conf_logits, full.conf_logits[:, :depth])
+        if want_probs:
+            torch.testing.assert_close(part.probs, full.probs[:, :depth])
+        padded = pad_block(part, GAMMA)
+        assert padded.tokens.shape == (N, GAMMA) and torch.equal(padded.tokens[:, :depth], part.tokens)
+        assert torch.equal(padded.tokens[:, depth:], part.tokens[:, -1:].expand(N, GAMMA - depth))
+        assert torch.isneginf(padded.conf_logits[:, depth:]).all()
+        if want_probs:  # placeholders: one-hot at their token, a valid distribution
+            tail = padded.probs[:, depth:]
+            assert torch.equal(tail.argmax(-1), padded.tokens[:, depth:])
+            torch.testing.assert_close(tail.sum(-1), torch.ones(N, GAMMA - depth, dtype=tail.dtype))
+        else:
+            assert padded.probs is None
+    assert pad_block(full, GAMMA) is full
+    with pytest.raises(ValueError, match="pad_block"):
+        pad_block(full, GAMMA - 1)

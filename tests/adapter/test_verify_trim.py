@@ -281,3 +281,23 @@ def test_proposer_verifies_seeded_requests_in_full(monkeypatch):
     prop._pending = PendingConfidences(["s", "u"], hopeless, None, None, frozenset({"s"}))
     assert prop.verify_lengths({"s": [1, 2, 3, 4], "u": [5, 6, 7, 8]}) == {"u": 0}  # s absent: all 4 verified
     assert prop.policy.stats.requests == 1
+
+
+def test_proposer_never_verifies_past_the_drafted_depth(monkeypatch):
+    """A round drafted to depth 2 of 4 (placeholders after): even certain confidences verify at most 2, and the
+    depth itself comes from the policy's recent lengths, except for seeded batches and mode static (all γ)."""
+    from vllm_dspark.adapter.proposer import PendingConfidences
+
+    prop = _confidence_proposer(monkeypatch)
+    prop._pending = PendingConfidences(["a", "b"], torch.ones(2, 4), None, None, depth=2)
+    assert prop.verify_lengths({"a": [1, 2, 3, 4], "b": [5, 6, 7]}) == {"a": 2, "b": 2}
+    prop._draft_round = lambda: types.SimpleNamespace(replays=lambda *a: False)  # CPU: no CUDA graphs
+    assert prop._draft_depth(1, 4, probabilistic=False) == 4  # no decision yet at this load
+    assert prop._draft_depth(2, 4, probabilistic=False) == 3  # one past the 2 just decided at this load
+    prop.policy.lengths(np.zeros((1, 4)))  # hopeless drafts: length 0, so the next round drafts one slot
+    assert prop._draft_depth(1, 4, probabilistic=False) == 1
+    prop._seeded_rows = [1]
+    assert prop._draft_depth(2, 4, probabilistic=True) == 4
+    prop._seeded_rows = []
+    prop._draft_round = lambda: types.SimpleNamespace(replays=lambda *a: True)  # a captured graph serves this shape
+    assert prop._draft_depth(2, 4, probabilistic=False) == 4

@@ -55,10 +55,12 @@ TP = 2  # the tensor-parallel servers' workers, one CPU each
 
 class ServerPool:
     """plain; static (greedy drafts); confidence (fixed linear cost table, no refit, no draft gate: the lengths
-    are the policy's alone; draft dump); sla (cost table profiled at start and refit online, draft gate on, as
-    served by default); dynamic (static under vLLM's dynamic speculative decoding; draft dump). These start
-    together at the first `get`. On demand, started together when one of them is first asked for: tp_confidence (fixed cost
-    table, draft gate on) and tp_sla (as sla), both with tensor parallelism TP over this process's first TP CPUs."""
+    are the policy's alone; draft dump); sla (cost table profiled at start and refit online, draft gate on as
+    served by default, but sampling the state not in use every 4 steps: its tests see both states whichever wins
+    on the machine); dynamic (static under vLLM's dynamic speculative decoding; draft dump). These start
+    together at the first `get`. On demand, started together when one of them is first asked for: tp_confidence
+    (fixed cost table, draft gate on) and tp_sla (sla as served by default), both with tensor parallelism TP over
+    this process's first TP CPUs."""
 
     def __init__(self, target: Path, drafter: Path, workdir: Path):
         self.target = target
@@ -76,7 +78,8 @@ class ServerPool:
             "confidence": Server("confidence", common + _speculative("confidence", drafter, cost_table=str(table),
                                                                            online_refit=False, draft_gate=False),
                                  {"VLLM_DSPARK_DEBUG_DUMP": str(self.dump)}, workdir / "confidence.log"),
-            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0),
+            "sla": Server("sla", common + _speculative("sla", drafter, sla_tokens_per_user=20.0, gate_probe_every=4,
+                                                       gate_max_backoff=1),
                           {"VLLM_DSPARK_DEBUG_DUMP": str(self.dumps["sla"]),
                            "VLLM_DSPARK_STEP_TRACE": str(self.step_trace)}, workdir / "sla.log"),
             "dynamic": Server("dynamic", common + _speculative(

@@ -15,7 +15,9 @@ still lets a table profiled on a faster or slower path converge).
 
 The draft round's time is measured every round and kept per load (`draft_seconds`); the lengths are chosen on the
 cost of a whole engine step, verification (the table) plus that round, since the step period includes both. Whether
-to draft at all at the current load is the `gate`'s decision (scheduling/gate.py; modes confidence and sla).
+to draft at all at the current load is the `gate`'s decision (scheduling/gate.py; modes confidence and sla), and
+how deep the sequential head walks is `draft_depth`'s: one slot past the longest length decided lately at that
+load, so the round does not draw tokens (each one an LM-head row and a sequential step) nobody will verify.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class StepCost:
 class VerifyLengthPolicy:
     def __init__(self, mode: str, gamma: int, table: CostTable | None = None, *,
                  sla_tokens_per_user: float | None = None, online_refit: bool = True, max_ratio: float = 4.0,
-                 gate: DraftGate | None = None, draft_memory: float = 32.0):
+                 gate: DraftGate | None = None, draft_memory: float = 32.0, depth_window: int = 16):
         if mode not in SERVING_MODES:
             raise ValueError(f"mode must be one of {SERVING_MODES}, got {mode!r}")
         if mode == "sla" and sla_tokens_per_user is None:
@@ -74,6 +76,8 @@ class VerifyLengthPolicy:
         self._draft_decay = 1.0 - 1.0 / draft_memory
         self._draft_seconds: dict[int, tuple[float, float]] = {}  # load bucket -> forgotten sums (seconds, rounds)
         self.on_decision: Callable[[PolicyStats], None] | None = None  # called after each `lengths` (metrics)
+        self._depth_window = depth_window
+        self._longest: dict[int, collections.deque] = {}  # load bucket -> longest length of each recent decision
 
     def lengths(self, confidence: np.ndarray, max_len: np.ndarray | None = None) -> np.ndarray:
         """confidence [R, γ] calibrated, max_len [R] (default γ) -> lengths [R] int64 (a prefix of each draft)."""
@@ -88,6 +92,8 @@ class VerifyLengthPolicy:
             cost = StepCost(self.table, self.draft_seconds(num_req))
             adm = verify_lengths(np.clip(conf, 0.0, 1.0), max_len, cost, self.mode, self.sla_tokens_per_user)
             out, used = adm.lengths, adm.mode
+            longest = self._longest.setdefault(load_bucket(num_req), collections.deque(maxlen=self._depth_window))
+            longest.append(int(out.max()))
         self.stats.steps += 1
         self.stats.requests += num_req
         self.stats.verified_tokens += int(out.sum())
@@ -96,6 +102,15 @@ class VerifyLengthPolicy:
         if self.on_decision is not None:
             self.on_decision(self.stats)
         return out
+
+    def draft_depth(self, num_requests: int) -> int:
+        """Slots the next round's sequential head should draft at this load: one past the longest length decided in
+        the last `depth_window` decisions there (so the depth can grow by one a step when lengths reach it), γ
+        before any decision and in mode static (which verifies every slot)."""
+        longest = self._longest.get(load_bucket(num_requests))
+        if self.mode == "static" or not longest:
+            return self.gamma
+        return min(self.gamma, max(longest) + 1)
 
     def observe_step(self, batch_tokens: int, seconds: float) -> bool:
         """Feed one measured engine step to the cost table's refit; returns whether it was kept."""

@@ -39,7 +39,7 @@ from vllm.v1.spec_decode.dflash import DFlashProposer
 from vllm_dspark.adapter import compat, spec_config
 from vllm_dspark.adapter.context_backlog import ContextBacklog, context_slots
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
-from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys
+from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys, pad_block
 from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
 from vllm_dspark.config import DrafterMismatchError, DSparkConfig
 from vllm_dspark.kernels.markov_step import block_backend
@@ -63,6 +63,7 @@ class PendingConfidences:
     dump: list[dict] | None  # debug-dump records of the round, written once the lengths are known
     seeded: frozenset[str] = frozenset()  # seeded requests: verified in full (see verify_lengths)
     skipped: bool = False  # the round did not draft (gate off): verify none of its placeholders
+    depth: int | None = None  # slots the round drafted; past them are placeholders, never verified (None: all)
 
 
 class DSparkProposer(DFlashProposer):
@@ -82,7 +83,8 @@ class DSparkProposer(DFlashProposer):
         self.policy = VerifyLengthPolicy(
             serving.mode, self.num_speculative_tokens, sla_tokens_per_user=serving.sla_tokens_per_user,
             online_refit=serving.online_refit,
-            gate=DraftGate(probe_every=serving.gate_probe_every) if serving.draft_gate else None,
+            gate=DraftGate(probe_every=serving.gate_probe_every, max_backoff=serving.gate_max_backoff)
+            if serving.draft_gate else None,
         )
         self._runner = runner
         self._warm_done = False
@@ -96,6 +98,7 @@ class DSparkProposer(DFlashProposer):
         self._conf_logits: torch.Tensor | None = None  # [R, γ] raw confidence logits of the last draft
         self._request_temps: torch.Tensor | None = None  # [R] request temperatures of the last draft (dump)
         self._seeded_rows: list[int] = []  # rows of the last draft whose request carries a seed
+        self._depth = self._max_gamma  # slots the last round's sequential head drafted (the rest: placeholders)
         self._pending: PendingConfidences | None = None  # confidences of the drafts the next step verifies
         self._conf_host: torch.Tensor | None = None  # pinned host buffer for them (GPU)
         self._conf_event = None
@@ -334,20 +337,32 @@ class DSparkProposer(DFlashProposer):
         probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
         seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
         self._seeded_rows = [i for i in (sampling_metadata.generators or {}) if i < num_req]
+        depth = self._depth = self._draft_depth(num_req, gamma, probabilistic)
+        block = hidden_states.view(num_req, gamma, -1)[:, :depth]  # the backbone ran the whole block
         with self._phase("round"):
             out = self._draft_round()(
-                hidden_states,  # [R·γ, H]; the round computes the base logits
-            self._anchor_ids[:num_req],
+                block.reshape(num_req * depth, -1),  # the round computes the base logits
+                self._anchor_ids[:num_req],
                 self._draft_temperatures(sampling_metadata, num_req, probabilistic),
                 seeds,
-                offsets,
+                offsets,  # slot k draws counter offset + k: the first `depth` slots draw as in a full round
                 want_probs=probabilistic,
-                gamma=gamma,
+                gamma=depth,
             )
+        out = pad_block(out, gamma)
         self._conf_logits = out.conf_logits  # [R, γ] or None
         self._publish_counters()
         probs = out.probs.reshape(num_req * gamma, -1) if probabilistic else None  # [R·γ, V]
         return out.tokens.reshape(-1), probs
+
+    def _draft_depth(self, num_req: int, gamma: int, probabilistic: bool) -> int:
+        """Slots the sequential head walks this round: all γ in mode static, for seeded requests (verified in full)
+        and where the round replays a CUDA graph (captured at γ, cheaper than an eager shorter round); else one
+        past the longest verification length the policy chose lately at this load (VerifyLengthPolicy)."""
+        if (self.serving.mode == "static" or self._seeded_rows
+                or self._draft_round().replays(num_req, gamma, probabilistic)):
+            return gamma
+        return min(gamma, self.policy.draft_depth(num_req))
 
     # ------------------------------------------------------------------ one round
     def propose(self, num_speculative_tokens, **kwargs):
@@ -433,7 +448,7 @@ class DSparkProposer(DFlashProposer):
         req_ids = list(self._runner.input_batch.req_ids[:num_req])
         seeded = frozenset(req_ids[i] for i in self._seeded_rows)
         if self.device.type != "cuda":
-            return PendingConfidences(req_ids, conf, None, records, seeded)
+            return PendingConfidences(req_ids, conf, None, records, seeded, depth=self._depth)
         if self._conf_host is None:
             self._conf_host = torch.empty(self.max_batch_size * self._max_gamma, dtype=torch.float32,
                                           pin_memory=True)
@@ -441,7 +456,7 @@ class DSparkProposer(DFlashProposer):
         host = self._conf_host[: conf.numel()].view(conf.shape)
         host.copy_(conf, non_blocking=True)
         self._conf_event.record()
-        return PendingConfidences(req_ids, host, self._conf_event, records, seeded)
+        return PendingConfidences(req_ids, host, self._conf_event, records, seeded, depth=self._depth)
 
     def verify_lengths(self, scheduled_spec_tokens: dict[str, list[int]]) -> dict[str, int]:
         """This step's verification length per request whose scheduled drafts come from the last round.
@@ -471,6 +486,8 @@ class DSparkProposer(DFlashProposer):
         elif req_ids:
             conf = pending.conf[[row_of[r] for r in req_ids]].numpy()
             max_len = np.array([len(scheduled_spec_tokens[r]) for r in req_ids], dtype=np.int64)
+            if pending.depth is not None:
+                max_len = np.minimum(max_len, pending.depth)
             lengths = dict(zip(req_ids, self.policy.lengths(conf, max_len).tolist()))
             self._maybe_log_stats()
         if req_ids:
@@ -526,6 +543,7 @@ class DSparkProposer(DFlashProposer):
                   "prior_verify_s": None if table is None else float(
                       step_seconds_numpy(b, table.batch_tokens, table.prior_seconds)),
                   "predicted_draft_s": self.policy.draft_seconds(num_req) if drafted else 0.0,
+                  "draft_depth": self._depth if drafted else 0,
                   "draft_phases_s": self._round_phases}
         with open(self._trace_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -537,7 +555,9 @@ class DSparkProposer(DFlashProposer):
             self.policy.gate.observe(obs.num_req, obs.drafted, obs.num_tokens - obs.rejected(), obs.seconds)
 
     def _dump_records(self, drafts: torch.Tensor) -> list[dict]:
+        """One record per request of the round: its drafted slots (the first `depth` of the block of `block`)."""
         runner = self._runner
+        depth = self._depth
         req_ids = list(runner.input_batch.req_ids)[: drafts.shape[0]]
         conf = None if self._conf_logits is None else self._conf_logits.float().cpu().tolist()
         anchors = self._anchor_ids[: drafts.shape[0]].tolist()
@@ -553,8 +573,9 @@ class DSparkProposer(DFlashProposer):
                 "prompt_token_ids": list(state.prompt_token_ids) if state is not None else None,
                 "anchor_pos": int(positions[i]),
                 "anchor": int(anchors[i]),
-                "drafts": drafts[i].tolist(),
-                "conf_logits": None if conf is None else conf[i],
+                "block": int(drafts.shape[1]),
+                "drafts": drafts[i, :depth].tolist(),
+                "conf_logits": None if conf is None else conf[i][:depth],
                 "mode": self.serving.mode,
                 "temperature": float(temps[i]),
                 "table_ms": table_ms if i == 0 else None,

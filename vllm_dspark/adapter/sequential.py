@@ -26,6 +26,26 @@ class DraftOutput:
     conf_logits: torch.Tensor | None  # [R, γ] float32 raw confidence-head logits
 
 
+def pad_block(out: DraftOutput, gamma: int) -> DraftOutput:
+    """A round drafted to depth d < γ, in the [R, γ] shape vLLM schedules: slots d.. repeat the last draft (tokens),
+    with confidence logit -inf (survival 0: the policy never verifies them) and a one-hot draft distribution at
+    that token (so even a verified placeholder would be drawn from the distribution handed to the sampler)."""
+    r, d = out.tokens.shape
+    if d == gamma:
+        return out
+    if not 0 < d < gamma:
+        raise ValueError(f"pad_block: drafted {d} slots, block of {gamma}")
+    pad = out.tokens[:, -1:].expand(r, gamma - d)
+    tokens = torch.cat([out.tokens, pad], dim=1)
+    conf = None if out.conf_logits is None else torch.cat(
+        [out.conf_logits, out.conf_logits.new_full((r, gamma - d), float("-inf"))], dim=1)
+    probs = None
+    if out.probs is not None:
+        one_hot = out.probs.new_zeros(r, gamma - d, out.probs.shape[-1]).scatter_(2, pad.unsqueeze(-1), 1.0)
+        probs = torch.cat([out.probs, one_hot], dim=1)
+    return DraftOutput(tokens=tokens, probs=probs, conf_logits=conf)
+
+
 def draft_keys(generators: Mapping[int, torch.Generator] | None, num_req: int, rng: torch.Generator) -> torch.Tensor:
     """Philox keys [R] (int64, CPU) of one draft round: `draft_key(seed)` for request i when vLLM holds a seeded
     generator for it (`generators[i]`, seeded with the request's seed), else a fresh key from `rng` (the engine's).
@@ -98,6 +118,11 @@ class DraftRound:
     def replays_graphs(self) -> bool:
         return bool(self._graphs)
 
+    def replays(self, num_req: int, gamma: int, want_probs: bool) -> bool:
+        """Whether a round of this shape would replay a captured graph (else it runs eagerly)."""
+        graphs = self._graphs.get(want_probs)
+        return graphs is not None and gamma == self._gamma and num_req <= graphs.batch_sizes[-1]
+
     def _round(self, want_probs: bool):
         def fn(hidden, anchors, temperature, seeds, offsets):  # hidden [R, γ, H]
             r, gamma = hidden.shape[:2]
@@ -111,9 +136,8 @@ class DraftRound:
         """hidden_states [R·γ, H] (final-normed block hidden states), the rest as SequentialStage. γ may change
         from round to round (vLLM's dynamic speculative decoding); graphs serve the γ they were captured at."""
         hidden = hidden_states.view(-1, gamma, hidden_states.shape[-1])
-        graphs = self._graphs.get(want_probs)
-        if graphs is not None and gamma == self._gamma and hidden.shape[0] <= graphs.batch_sizes[-1]:
-            return graphs(hidden, anchors, temperature, seeds, offsets, clone=True)
+        if self.replays(hidden.shape[0], gamma, want_probs):
+            return self._graphs[want_probs](hidden, anchors, temperature, seeds, offsets, clone=True)
         self.eager_fallbacks += self._capture_attempted
         return self._round(want_probs)(hidden, anchors, temperature, seeds, offsets)
 

@@ -72,7 +72,9 @@ class DSparkServingConfig(BaseModel):
     )
     gate_probe_every: int = Field(default=32, ge=2, le=100000, description="steps between samples of the state "
                                   "not in use (draft gate); doubles after each sample that leaves the state as it "
-                                  "was, up to 16×, and comes back after a switch")
+                                  "was, up to gate_max_backoff times, and comes back after a switch")
+    gate_max_backoff: int = Field(default=16, ge=1, le=1 << 16, description="the draft gate's longest interval "
+                                  "between samples, in multiples of gate_probe_every (1: sample at a fixed cadence)")
     context_kv_backlog_mib: int = Field(
         default=64, ge=0, le=1 << 20,
         description="rounds that draft nothing (draft gate off, or γ = 0) keep the target's hidden states and write "
