@@ -7,12 +7,18 @@ native methods).
 
     python examples/train_pycode/shared_weights.py strip   runs/pycode-gpu/{dspark,dflash,eagle3}
     python examples/train_pycode/shared_weights.py restore runs/pycode-gpu/{dspark,dflash,eagle3} --target T
+
+`strip --bf16` also stores the rest in bfloat16 (how the drafters in examples/train_pycode/trained/ are kept). A
+stripped drafter loads as it is in vLLM, which shares the target's embedding and LM head with a drafter that has
+none, and in `vllm_dspark.checkpoint.load_drafter(folder, target)`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -40,6 +46,7 @@ def main() -> None:
     p.add_argument("action", choices=["strip", "restore"])
     p.add_argument("drafters", nargs="+", type=Path)
     p.add_argument("--target", type=Path, help="target folder (restore)")
+    p.add_argument("--bf16", action="store_true", help="strip: store the remaining tensors in bfloat16")
     args = p.parse_args()
     if args.action == "restore" and args.target is None:
         raise SystemExit("restore needs --target")
@@ -50,6 +57,13 @@ def main() -> None:
         dtype = next(v.dtype for k, v in state.items() if k not in SHARED)
         if args.action == "strip":
             state = {k: v for k, v in state.items() if k not in SHARED}
+            if args.bf16:
+                state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+                config = json.loads((d / "config.json").read_text())
+                for key in ("dtype", "torch_dtype"):
+                    if key in config:
+                        config[key] = "bfloat16"
+                (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         else:
             state.update({k: v.to(dtype).clone() for k, v in shared.items()})
         save_file(state, str(path), metadata={"format": "pt"})

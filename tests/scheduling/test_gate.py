@@ -90,3 +90,33 @@ def test_idle_gaps_are_not_measured():
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="draft gate"):
         DraftGate(**kwargs)
+
+
+def test_a_load_that_loses_sets_larger_loads_off_without_exploring():
+    """A drafter that never pays: once one load explored it, the larger loads met later start with drafting off
+    and draft only on probes; smaller ones still explore (paying less at a small load is no evidence)."""
+    gate = DraftGate(min_samples=4, probe_every=32)
+    run_engine(gate, 2, 60, rate_on=70.0, rate_off=100.0)
+    assert not gate.buckets[2].drafting and gate.stats.inherited == 0 and gate.stats.switches == 1
+    for load in (3, 8, 16):
+        decisions = run_engine(gate, load, 31, rate_on=70.0, rate_off=100.0)
+        assert not any(decisions), f"load {load} drafted before its first probe"
+    assert gate.stats.inherited == 3 and gate.stats.switches == 1
+    assert run_engine(gate, 1, 8, rate_on=70.0, rate_off=100.0)[:4] == [True] * 4  # explores
+
+
+def test_a_load_that_wins_sets_smaller_loads_on_without_exploring():
+    gate = DraftGate(min_samples=4, probe_every=32)
+    run_engine(gate, 16, 60, rate_on=130.0, rate_off=100.0)
+    assert gate.buckets[16].drafting
+    assert all(run_engine(gate, 4, 31, rate_on=130.0, rate_off=100.0))
+    assert gate.stats.inherited == 1
+
+
+def test_conflicting_neighbours_mean_exploring():
+    gate = DraftGate(min_samples=4, probe_every=32)
+    run_engine(gate, 1, 60, rate_on=70.0, rate_off=100.0)  # loses at 1, so 16 starts off ...
+    run_engine(gate, 16, 60, rate_on=130.0, rate_off=100.0)  # ... but its first probe finds drafting pays there
+    assert gate.buckets[16].drafting and gate.stats.inherited == 1
+    decisions = run_engine(gate, 4, 8, rate_on=100.0, rate_off=100.0)
+    assert decisions == [True] * 4 + [False] * 4 and gate.stats.inherited == 1

@@ -14,6 +14,11 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   that leaves the state in use unchanged doubles the bucket's interval, up to `probe_every × max_backoff`; a
   switch resets it. So a bucket whose answer keeps being the same (a drafter that never pays at this load) pays
   for probes ever more rarely, and one whose answer changes probes often again.
+- What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts
+  cost more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts
+  with drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either
+  skips its exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at
+  every load the traffic passes through.) Conflicting evidence, or none, means exploring.
 - Hysteresis: the state switches only when the other state's rate beats the current one's by `hysteresis`.
 - Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
   not used.
@@ -58,6 +63,7 @@ class _Bucket:
     on: _Rate = field(default_factory=_Rate)
     off: _Rate = field(default_factory=_Rate)
     drafting: bool = True  # the state in use
+    exploring: bool = True  # still taking min_samples steps of each state
     since_probe: int = 0  # steps in the current state since the other was last sampled
     probe_interval: int = 32  # steps until the next probe (set from the gate's probe_every)
     recent_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
@@ -69,6 +75,7 @@ class GateStats:
     off_steps: int = 0  # decisions not to draft
     probe_steps: int = 0  # decisions that sampled the state not in use (exploration included)
     switches: int = 0  # changes of a bucket's state in use
+    inherited: int = 0  # buckets that started from a neighbouring load's decision instead of exploring
     observations: int = 0
     rejected_observations: int = 0
 
@@ -94,17 +101,29 @@ class DraftGate:
     def _bucket(self, num_requests: int) -> _Bucket:
         key = load_bucket(num_requests)
         if key not in self.buckets:
-            self.buckets[key] = _Bucket(probe_interval=self.probe_every)
+            prior = self._prior(key)
+            self.buckets[key] = _Bucket(probe_interval=self.probe_every, drafting=prior is not False,
+                                        exploring=prior is None)
+            self.stats.inherited += prior is not None
         return self.buckets[key]
+
+    def _prior(self, key: int) -> bool | None:
+        """The state a new bucket can start in without exploring: False when a smaller explored load does not
+        draft, True when a larger explored load drafts, None when neither (or both) holds."""
+        decided = [(k, b.drafting) for k, b in self.buckets.items() if not b.exploring]
+        loses_below = any(k < key and not drafting for k, drafting in decided)
+        wins_above = any(k > key and drafting for k, drafting in decided)
+        return None if loses_below == wins_above else wins_above
 
     def should_draft(self, num_requests: int) -> bool:
         """Whether the round about to run at this load should draft (True) or leave drafting off (False)."""
         b = self._bucket(num_requests)
-        if b.on.samples < self.min_samples:
+        if b.exploring and b.on.samples < self.min_samples:
             draft, probe = True, not b.drafting
-        elif b.off.samples < self.min_samples:
+        elif b.exploring and b.off.samples < self.min_samples:
             draft, probe = False, b.drafting
         else:
+            b.exploring = False
             self._maybe_switch(b)
             b.since_probe += 1
             probe = b.since_probe >= b.probe_interval
