@@ -26,14 +26,15 @@
 # A drafter folder without model.safetensors is left out (printed), so the campaign still runs.
 #
 # Overridable: TARGET (the small target), DRAFTERS (its drafters: folder with dspark/ dflash/ eagle3/; default
-# runs/pycode-gpu, else runs/pycode-cpu), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (see
-# cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA ("moderate interactive" anchors, tok/s/user),
-# SLA_FLOOR, GAMMA, STATIC_GAMMAS, EVAL, PYTHON, LD_PRELOAD_LIB (empty: no preload), FRONTIER_COPY (where the
-# frontier PNG is copied; empty: nowhere), ABLATE_GATE, PROMPT_CHARS (each eval prompt is cut to its last
-# PROMPT_CHARS characters, default 300, ~90 tokens: the campaign measures decoding, and full prompts cost minutes of
-# prefill per point at c >= 4 on a CPU; 0 keeps them whole).
+# runs/pycode-gpu, else runs/pycode-cpu, else the repository's, examples/train_pycode/trained), INFLATE, TESTBED,
+# INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (see cpu_testbed.sh), OUT, CONCURRENCY, NUM_PROMPTS, MAX_TOKENS, SLA
+# ("moderate interactive" anchors, tok/s/user), SLA_FLOOR, GAMMA, STATIC_GAMMAS, EVAL, PYTHON, LD_PRELOAD_LIB (empty:
+# no preload), FRONTIER_COPY (where the frontier PNG is copied; empty: nowhere), ABLATE_GATE, PROMPT_CHARS (each eval
+# prompt is cut to its last PROMPT_CHARS characters, default 300, ~90 tokens: the campaign measures decoding, and full
+# prompts cost minutes of prefill per point at c >= 4 on a CPU; 0 keeps them whole).
 # Outputs (git-ignored): $OUT/results.json, $OUT/{frontier,throughput_vs_load,acceptance_vs_load}.png,
-# $OUT/summary.md, $OUT/machine.txt; the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
+# $OUT/summary.md, $OUT/machine.txt, $OUT/near_ties.{md,json} (near_ties.py: is each greedy output that differs from
+# nospec's a bf16 near-tie?); the frontier PNG is also copied to benchmarks/serving/frontier_cpu.png.
 # The plots are redrawn by summarize_campaign.py at the SLA anchors (same data as the bench's own plots).
 set -euo pipefail
 # The body is one function so bash parses the whole file before running (safe to edit while a campaign runs).
@@ -43,8 +44,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 cd "$REPO"
 PYTHON=${PYTHON:-python3}
 TARGET=$(cd "${TARGET:-$REPO/../shared/models/pycode-23m}" && pwd)
-# The recipe's drafters: the `gpu` size when it was run (better trained), else the `cpu` size.
-DEFAULT_DRAFTERS=runs/pycode-cpu
+# The recipe's drafters: the `gpu` size when it was run (better trained), else the `cpu` size, else those kept in
+# the repository (the `cpu` recipe's, stripped of the target's embedding and LM head, bf16).
+DEFAULT_DRAFTERS=examples/train_pycode/trained
+[ -s runs/pycode-cpu/dspark/model.safetensors ] && DEFAULT_DRAFTERS=runs/pycode-cpu
 [ -s runs/pycode-gpu/dspark/model.safetensors ] && DEFAULT_DRAFTERS=runs/pycode-gpu
 DRAFTERS=$(cd "${DRAFTERS:-$DEFAULT_DRAFTERS}" && pwd)
 # shellcheck source=cpu_testbed.sh
@@ -150,7 +153,8 @@ set -x
 $PYTHON benchmarks/throughput_vs_sla.py \
   --serve "--model $TARGET $ENGINE_ARGS --seed 0" "${SERVER_ENV[@]}" "${CONFIGS[@]}" \
   --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" \
-  --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress || status=$?
+  --max-tokens "$MAX_TOKENS" --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress \
+  --keep-token-ids || status=$?
 set +x
 echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"
 
@@ -159,6 +163,21 @@ $PYTHON "$HERE/summarize_campaign.py" "$OUT/results.json" --sla $SLA --reference
   --static "${STATIC[@]}" --dspark "${DSPARK[@]}" --native "${NATIVE[@]}" --out "$OUT/summary.md" --plot-dir "$OUT"
 FRONTIER_COPY=${FRONTIER_COPY-$HERE/frontier_cpu.png}  # FRONTIER_COPY= skips the copy (smoke runs)
 [ -n "$FRONTIER_COPY" ] && [ -s "$OUT/frontier.png" ] && cp "$OUT/frontier.png" "$FRONTIER_COPY" && ls -l "$FRONTIER_COPY"
+
+# Outputs that differ from nospec's: is each first differing token a bf16 near-tie of the served target
+# (near_ties.py, $OUT/near_ties.{md,json})? Reported, never failing the campaign. Without a measured nospec run
+# near_ties.py says so and exits 2.
+if [ -s "$OUT/results.json" ]; then
+  near=0
+  $PYTHON "$HERE/near_ties.py" "$OUT/results.json" --target "$TARGET" --json "$OUT/near_ties.json" \
+    > "$OUT/near_ties.md" || near=$?
+  case $near in
+    0) verdict="every output that differs from nospec's does so at a bf16 near-tie" ;;
+    1) verdict="outputs that differ from nospec's NOT at a near-tie (a bug?)" ;;
+    *) verdict="not checked (near_ties.py exit $near)" ;;
+  esac
+  echo "near-ties: $(head -n 1 "$OUT/near_ties.md"); $verdict; see $OUT/near_ties.md" | tee -a "$OUT/machine.txt"
+fi
 return "${status:-0}"
 }
 main "$@"

@@ -23,6 +23,12 @@ def test_configs_append_to_the_common_serve_args():
                                           ("ngram", "--model m --max-model-len 64 --speculative-config.method ngram")]
 
 
+@pytest.mark.parametrize("flags, keep", [([], False), (["--keep-token-ids"], True)])
+def test_keep_token_ids_reaches_the_request_settings(flags, keep):
+    settings = bench_cli.sampling_settings(_parse(["--url", "http://x", *flags]), "m")
+    assert settings.keep_token_ids is keep and settings.model == "m"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--url", "http://x", "--serve", "--model m"], "--url cannot be combined"),
     ([], "give --url, --serve or --config"),

@@ -9,6 +9,10 @@ remainder of the final total to the last chunk (`"chunks+usage"`; totals exact, 
 usage, one token per non-empty chunk (`"chunks"`). `ignore_eos` (a vLLM extension) is sent as a top-level
 field, as the `openai` client's `extra_body` would, so output lengths are fixed by `max_tokens`.
 
+With `keep_token_ids` the request also asks for `return_token_ids` (a vLLM extension): each choice chunk then
+carries its new `token_ids` and the first one the `prompt_token_ids` (in the choice for completions, at the top
+of the event for chat), and the summary keeps both lists (`benchmarks/serving/near_ties.py` reads them).
+
 Chunk times are taken when the client reads a chunk. A client (or API server) starved of CPU reads bursts of
 chunks at once and per-user speeds come out too high: give the client a core of its own.
 """
@@ -39,6 +43,7 @@ class SamplingSettings:
     ignore_eos: bool = True
     seed: int | None = None  # request i gets seed + prompt index, so sampled runs repeat
     extra_body: dict[str, Any] = field(default_factory=dict)
+    keep_token_ids: bool = False  # ask for `return_token_ids`, keep prompt and output token ids per request
 
     def __post_init__(self):
         if self.endpoint not in ENDPOINTS:
@@ -63,6 +68,8 @@ def build_payload(settings: SamplingSettings, prompt: Prompt) -> dict[str, Any]:
         body["top_p"] = settings.top_p
     if settings.seed is not None:
         body["seed"] = settings.seed + prompt.index
+    if settings.keep_token_ids:
+        body["return_token_ids"] = True
     if settings.endpoint == "chat":
         if prompt.text is None:
             raise ValueError(f"prompt {prompt.index}: the chat endpoint needs text prompts, not prompt_token_ids")
@@ -85,6 +92,8 @@ class RequestResult:
     token_count_source: str = "chunks"
     error: str | None = None
     text_parts: list[str] = field(default_factory=list)  # the streamed text, for `output_sha256`
+    output_token_ids: list[int] | None = None  # None: no chunk carried `token_ids` (not asked, or not sent)
+    prompt_token_ids: list[int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,7 +112,7 @@ class RequestResult:
         """Time of the last token (not of the stream's close), as in vLLM's TPOT."""
         return self.chunk_times[-1] if self.chunk_times else None
 
-    def summary(self, point_start: float, keep_chunks: bool = False) -> dict[str, Any]:
+    def summary(self, point_start: float, keep_chunks: bool = False, keep_token_ids: bool = False) -> dict[str, Any]:
         out = {
             "prompt_index": self.prompt_index,
             "ok": self.ok,
@@ -125,6 +134,9 @@ class RequestResult:
         if keep_chunks:
             out["chunk_times_s"] = list(self.chunk_times)
             out["chunk_tokens"] = list(self.chunk_tokens)
+        if keep_token_ids:
+            out["prompt_token_ids"] = self.prompt_token_ids
+            out["output_token_ids"] = list(self.output_token_ids) if self.ok and self.output_token_ids else None
         return out
 
 
@@ -144,6 +156,18 @@ def _chunk_text(choice: dict, endpoint: str) -> str:
     if endpoint == "chat":
         return (choice.get("delta") or {}).get("content") or ""
     return choice.get("text") or ""
+
+
+def _collect_token_ids(result: RequestResult, event: dict, choice: dict) -> None:
+    """Append a chunk's `token_ids`; take `prompt_token_ids` where the first chunk has them (choice or event)."""
+    prompt_ids = choice.get("prompt_token_ids") or event.get("prompt_token_ids")
+    if prompt_ids is not None and result.prompt_token_ids is None:
+        result.prompt_token_ids = list(prompt_ids)
+    token_ids = choice.get("token_ids")
+    if token_ids is not None:
+        if result.output_token_ids is None:
+            result.output_token_ids = []
+        result.output_token_ids.extend(token_ids)
 
 
 async def stream_request(
@@ -185,6 +209,8 @@ async def stream_request(
                 result.finish_reason = choice.get("finish_reason") or result.finish_reason
                 text = _chunk_text(choice, settings.endpoint)
                 result.text_parts.append(text)
+                if settings.keep_token_ids:
+                    _collect_token_ids(result, event, choice)
                 if usage and usage.get("completion_tokens") is not None:
                     result.token_count_source = "continuous_usage"
                     n = usage["completion_tokens"] - cumulative

@@ -10,7 +10,8 @@ Speeds are tok/s per user, throughputs tok/s, times seconds; None (JSON null) ma
     command: [argv...]                     how this file was produced
     machine: {hostname, platform, python, cpu, cpu_count, memory_gib, gpus: [str], packages: {name: version}}
     settings: {endpoint, max_tokens, temperature, top_p, ignore_eos, seed, num_prompts, prompts_source, warmup,
-               loads: [{concurrency, request_rate}], sla: [float], speed_stat, metrics_prefixes, extra_body}
+               loads: [{concurrency, request_rate}], sla: [float], speed_stat, metrics_prefixes, extra_body,
+               keep_token_ids}             keep_token_ids: absent in files from before the flag
     runs: [run]                            measured by this command, one per server configuration
     baselines: [{path, runs: [run]}]       earlier result files compared against (their request lists dropped)
     comparison: null | {reference, sla: [{sla, throughput: {label: t}, ratio: {label: t / t_ref}}],
@@ -36,7 +37,10 @@ Speeds are tok/s per user, throughputs tok/s, times seconds; None (JSON null) ma
     request: {prompt_index, ok, error, start_s, ttft_s, latency_s, prompt_tokens, output_tokens, num_chunks,
               max_tokens_per_chunk, per_user_speed, tpot_s, finish_reason, token_count_source,
               output_sha256,                               first 16 hex of the generated text's SHA-256 (null if failed)
-              [chunk_times_s, chunk_tokens]}              token timestamps; not with --no-chunk-times
+              [chunk_times_s, chunk_tokens],               token timestamps; not with --no-chunk-times
+              [prompt_token_ids, output_token_ids]}        [int] or null, only with --keep-token-ids: the server's
+                                                           token ids (vLLM's return_token_ids); null when it sent
+                                                           none (output: also when the request failed)
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ KIND = "vllm-dspark.bench.throughput_vs_sla"
 _num = {"type": ["number", "null"]}
 _dist = {"type": "object", "required": ["mean", "p10", "p50", "p90"],
          "properties": {k: _num for k in ("mean", "p10", "p50", "p90")}}
+
+_token_ids = {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}}
 
 _request = {
     "type": "object",
@@ -59,6 +65,8 @@ _request = {
         "per_user_speed": _num,
         "token_count_source": {"enum": ["continuous_usage", "chunks+usage", "chunks"]},
         "output_sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$"},
+        "prompt_token_ids": _token_ids,
+        "output_token_ids": _token_ids,
     },
 }
 

@@ -162,7 +162,8 @@ async def _run_point(base_url, settings, prompts, load, options, on_done, server
                                  f"{len(results) - len(failed)}/{len(results)} requests finished; "
                                  f"first error: {failed[0].error}")
         after = await _scrape(session, base_url, options.metrics_prefixes)
-    requests = [r.summary(start, options.keep_chunk_times) for r in sorted(results, key=lambda r: r.start)]
+    requests = [r.summary(start, options.keep_chunk_times, settings.keep_token_ids)
+                for r in sorted(results, key=lambda r: r.start)]
     point = {"load": load.as_dict(), **summarize_point(requests, duration, load.concurrency)}
     if before is not None and after is not None:
         point["server_metrics"] = metrics_scrape.delta(before, after)

@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--out-dir", help="output folder (default runs/bench-<UTC time>)")
     out.add_argument("--chunk-times", action=argparse.BooleanOptionalAction, default=True,
                      help="store each request's token timestamps (per streamed chunk) in the JSON")
+    out.add_argument("--keep-token-ids", action="store_true",
+                     help="ask the server for token ids (vLLM's return_token_ids) and store each request's prompt "
+                     "and output token ids in the JSON (for benchmarks/serving/near_ties.py)")
     out.add_argument("--no-plots", action="store_true")
     out.add_argument("--no-progress", action="store_true")
 
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "top_p": args.top_p, "ignore_eos": args.ignore_eos, "seed": args.seed, "num_prompts": args.num_prompts,
         "prompts_source": args.prompts or "built-in", "warmup": args.warmup, "loads": [p.as_dict() for p in loads],
         "sla": args.sla, "speed_stat": args.speed_stat, "metrics_prefixes": list(prefixes),
-        "extra_body": args.extra_body,
+        "extra_body": args.extra_body, "keep_token_ids": args.keep_token_ids,
     })
     doc["baselines"] = baselines
     options = sweep.SweepOptions(metrics_prefixes=prefixes, request_timeout_s=args.request_timeout,
@@ -182,10 +185,18 @@ def run(args: argparse.Namespace) -> int:
     return exit_code or (1 if doc["error"] else 0)
 
 
+def sampling_settings(args: argparse.Namespace, model: str):
+    """The per-request settings (`client.SamplingSettings`) these arguments ask for."""
+    from vllm_dspark.bench.client import SamplingSettings
+
+    return SamplingSettings(model=model, max_tokens=args.max_tokens, endpoint=args.endpoint,
+                            temperature=args.temperature, top_p=args.top_p, ignore_eos=args.ignore_eos,
+                            seed=args.seed, extra_body=args.extra_body, keep_token_ids=args.keep_token_ids)
+
+
 def _measure(args, label, server_args, doc, prompts, loads, options, out_dir, save) -> None:
     """One configuration: start its server (if any), warm up, sweep; failures are recorded in the run, not raised."""
     from vllm_dspark.bench import report, sweep
-    from vllm_dspark.bench.client import SamplingSettings
     from vllm_dspark.bench.server import ServerError, ServerProcess
 
     run_doc = {"label": label, "url": args.url, "model": None, "server": None, "server_info": None,
@@ -208,9 +219,7 @@ def _measure(args, label, server_args, doc, prompts, loads, options, out_dir, sa
         run_doc["model"] = args.model_name or sweep.discover_model(url)
         run_doc["server_info"] = sweep.server_info(url)
         save()
-        sampling = SamplingSettings(model=run_doc["model"], max_tokens=args.max_tokens, endpoint=args.endpoint,
-                                    temperature=args.temperature, top_p=args.top_p, ignore_eos=args.ignore_eos,
-                                    seed=args.seed, extra_body=args.extra_body)
+        sampling = sampling_settings(args, run_doc["model"])
         if args.warmup:
             sweep.warmup(url, sampling, prompts[: args.warmup], args.request_timeout)
 
