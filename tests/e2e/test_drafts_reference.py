@@ -1,7 +1,8 @@
 """vLLM's DSpark drafts equal the plain-torch reference drafter's on the same contexts (T = 0, float32).
 
 The "confidence" server dumps every draft round (VLLM_DSPARK_DEBUG_DUMP): prompt ids, anchor position and token,
-drafted tokens, confidence logits; `reference_drafts` redrafts each greedy round with `DSparkDrafter.draft`.
+drafted tokens, confidence logits; `reference_drafts` redrafts each greedy round with `DSparkDrafter.draft`. The
+"dynamic" server does too: its rounds after steps without drafts check the context K/V those steps held back.
 """
 from __future__ import annotations
 
