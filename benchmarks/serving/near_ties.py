@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from vllm_dspark.bench.sweep import LoadPoint
+
 NEAR_TIE, REAL, UNCHECKED = "near-tie", "REAL DIFFERENCE", "UNCHECKED"
 BF16_RELATIVE_ULP = 2.0**-7  # bf16 spacing at magnitude |x| is at most this times |x|
 DEFAULT_ULPS = 2
@@ -54,16 +56,9 @@ class Difference:
     config_token: int | None
 
 
-def load_name(load: dict) -> str:
-    """As `sweep.LoadPoint.name`: c=N for a closed loop, rate=R[,c<=N] for Poisson arrivals."""
-    if load.get("request_rate") is None:
-        return f"c={load['concurrency']}"
-    cap = f",c<={load['concurrency']}" if load.get("concurrency") else ""
-    return f"rate={load['request_rate']}{cap}"
-
-
 def requests_by_key(run: dict) -> dict[tuple[str, int], dict]:
-    return {(load_name(p["load"]), q["prompt_index"]): q for p in run["points"] for q in p["requests"]}
+    """(load name, e.g. c=4, prompt index) -> the request's record."""
+    return {(LoadPoint.from_dict(p["load"]).name, q["prompt_index"]): q for p in run["points"] for q in p["requests"]}
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:

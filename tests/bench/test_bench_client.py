@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 
 import aiohttp
 import pytest
 
 from vllm_dspark.bench.client import SamplingSettings, stream_request
 from vllm_dspark.bench.prompts import Prompt
+from vllm_dspark.bench.sweep import LoadPoint
 
 
 class _CancelledAsClientError:
@@ -171,3 +173,11 @@ def test_the_sweep_stores_token_ids_only_when_asked(monkeypatch):
         (request,) = points[0]["requests"]
         assert request.get("output_token_ids") == ([11, 12] if keep else None)
         assert ("prompt_token_ids" in request) is keep
+
+
+@pytest.mark.parametrize("point", [LoadPoint(concurrency=4), LoadPoint(request_rate=2.5),
+                                   LoadPoint(concurrency=8, request_rate=math.inf)])
+def test_load_point_comes_back_from_its_dict(point):
+    """A results file's `load` names its point as the sweep did (near_ties.py keys requests by it)."""
+    back = LoadPoint.from_dict(json.loads(json.dumps(point.as_dict())))
+    assert back == point and back.name == point.name

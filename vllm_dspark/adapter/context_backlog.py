@@ -40,7 +40,10 @@ class ContextBacklog:
         self.max_bytes = max_bytes
         self._chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.nbytes = 0
-        self.rows = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(chunk[0].shape[0] for chunk in self._chunks)
 
     def add(self, hidden: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> bool:
         """Keep one round's rows (copied: the runner reuses its buffers). Returns whether the backlog is now over
@@ -50,13 +53,12 @@ class ContextBacklog:
                              f"{slots.shape[0]} slots")
         if hidden.shape[0]:
             self._chunks.append((hidden.clone(), positions.clone(), slots.clone()))
-            self.rows += hidden.shape[0]
             self.nbytes += sum(t.numel() * t.element_size() for t in self._chunks[-1])
         return self.nbytes >= self.max_bytes
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """All rows in the order they came, one per slot (the latest), and empty the backlog; None if empty."""
-        chunks, self._chunks, self.nbytes, self.rows = self._chunks, [], 0, 0
+        chunks, self._chunks, self.nbytes = self._chunks, [], 0
         if not chunks:
             return None
         hidden, positions, slots = (torch.cat(parts) if len(chunks) > 1 else parts[0] for parts in zip(*chunks))

@@ -68,7 +68,8 @@ class DSparkServingConfig(BaseModel):
         default=True,
         description="modes confidence / sla: at each load (running requests), measure the engine's tokens/s with "
         "and without drafting and stop drafting where it does not pay (no draft round, nothing verified but the "
-        "target's own token); the other state is sampled again every gate_probe_every steps",
+        "target's own token); the other state is sampled again after gate_probe_every steps, then ever more rarely "
+        "while nothing changes (gate_max_backoff)",
     )
     gate_probe_every: int = Field(default=32, ge=2, le=100000, description="steps between samples of the state "
                                   "not in use (draft gate); doubles after each sample that leaves the state as it "

@@ -46,6 +46,12 @@ class LoadPoint:
         cap = f",c<={self.concurrency}" if self.concurrency else ""
         return f"rate={self.request_rate:g}{cap}"
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoadPoint":
+        """The inverse of `as_dict` (a results file's `load`)."""
+        rate = d.get("request_rate")
+        return cls(concurrency=d.get("concurrency"), request_rate=None if rate is None else float(rate))
+
     def as_dict(self) -> dict:
         rate = self.request_rate
         return {"concurrency": self.concurrency, "request_rate": None if rate is None else
