@@ -1,7 +1,7 @@
 """How well the cost model predicts serving: read a step trace, print a table per load, write JSON (and a plot).
 
 A server started with `VLLM_DSPARK_STEP_TRACE=trace.jsonl` (modes confidence / sla) writes one line per
-verification step: requests, batch tokens, whether its drafts were drafted, the step period, the draft round's
+engine step (those with a prefill chunk are marked `prefill` and left out here): requests, batch tokens, whether its drafts were drafted, the step period, the draft round's
 time, the verification time (period − round), and what the cost table predicted for that verification before
 seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile alone). Per number of running requests
 this prints mean observed and predicted times, the mean absolute prediction error over the first and the last
@@ -19,8 +19,10 @@ import statistics
 from pathlib import Path
 
 
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def load(path: Path, *, prefill: bool = False) -> list[dict]:
+    """The trace's verification steps (and, with `prefill`, its steps with a prefill chunk too)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows if prefill else [r for r in rows if not r.get("prefill")]
 
 
 def _err(rows: list[dict], key: str) -> float | None:

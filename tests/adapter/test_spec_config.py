@@ -46,6 +46,8 @@ def other_dir(tmp_path):
     ({"mode": "sla", "sla_tokens_per_user": -3}, "'dspark.sla_tokens_per_user'"),
     ({"profile_batch_tokens": [4, 2]}, "'dspark.profile_batch_tokens'"),
     ({"profile_repeats": 0}, "'dspark.profile_repeats'"),
+    ({"gate_probe_every": 2}, "'dspark.gate_probe_every'"),
+    ({"gate_min_gain": 1.5}, "'dspark.gate_min_gain'"),
     ({"cost_table": "/nonexistent/table.json"}, "is not a file"),
     ("confidence", "must be a JSON object"),
 ])

@@ -26,28 +26,44 @@ def test_load_bucket_powers_of_two():
     assert [load_bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 1, 2, 4, 4, 8, 8, 16, 16, 32]
 
 
-def _gaps(decisions: list[bool], probe_value: bool) -> list[int]:
-    at = [i for i, d in enumerate(decisions) if d == probe_value]
+def _probe_gaps(decisions: list[bool], probe_value: bool) -> list[int]:
+    """Steps between the starts of successive runs of `probe_value` (probes)."""
+    at = [i for i, d in enumerate(decisions) if d == probe_value and (i == 0 or decisions[i - 1] != probe_value)]
     return [b - a for a, b in zip(at, at[1:])]
 
 
 def test_turns_drafting_off_where_it_loses_and_probes_ever_more_rarely():
     gate = DraftGate(min_samples=4, probe_every=32, max_backoff=4)
     decisions = run_engine(gate, 4, 1200, rate_on=70.0, rate_off=100.0, noise=0.05)
-    tail = decisions[8:]  # after exploration, drafting happens only on probes, each gap twice the last
-    gaps = _gaps(tail, True)
-    assert gaps[0] == 64 and set(gaps[1:]) == {128} and len(gaps) >= 8  # capped at 32 × 4
+    assert decisions[:10] == [True] * 5 + [False] * 5  # exploration: 5 drafting, then 4 pairs (+ the transition)
+    tail = decisions[10:]  # after exploration, drafting happens only on 2-step probes, each gap twice the last
+    gaps = _probe_gaps(tail, True)
+    assert gaps[0] == 64 + 1 and set(gaps[1:]) == {128 + 1} and len(gaps) >= 8  # capped at 32 × 4
+    assert all(n == 2 for n in map(len, "".join("1" if d else "0" for d in tail).split("0")) if n)
     assert gate.stats.off_steps == decisions.count(False)
+    assert gate.gain(4) == pytest.approx(0.7, rel=0.06)
     assert gate.rates(4)[0] == pytest.approx(70.0, rel=0.06)
     assert gate.rates(4)[1] == pytest.approx(100.0, rel=0.06)
 
 
 def test_keeps_drafting_where_it_pays():
     gate = DraftGate(min_samples=4, probe_every=32)
-    decisions = run_engine(gate, 1, 1000, rate_on=140.0, rate_off=100.0, noise=0.05)
-    tail = decisions[8:]
-    assert _gaps(tail, False) == [64, 128, 256, 512]  # off only to probe, ever more rarely (cap 32 × 16)
-    assert gate.stats.switches == 0
+    decisions = run_engine(gate, 1, 1100, rate_on=140.0, rate_off=100.0, noise=0.05)
+    tail = decisions[10:]
+    assert _probe_gaps(tail, False) == [65, 129, 257, 513]  # off only to probe, ever more rarely (cap 32 × 16)
+    assert gate.stats.switches == 0 and gate.gain(1) == pytest.approx(1.4, rel=0.06)
+
+
+def test_paired_samples_cancel_drift():
+    """Every step slows down over time (contexts grow) while drafting keeps a constant 10% edge: rates measured at
+    different times would see the probed state as slower or faster than it is; paired samples see the 10%."""
+    gate = DraftGate(min_samples=4, probe_every=8, max_backoff=1, min_gain=0.05)
+    for i in range(600):
+        slow = 1.0 + i / 100  # 7x slower by the end
+        draft = gate.should_draft(8)
+        rate = (110.0 if draft else 100.0) / slow
+        gate.observe(8, draft, 8, 8 / rate)
+    assert gate.gain(8) == pytest.approx(1.1, rel=0.02) and gate.buckets[8].drafting
 
 
 def test_each_load_decides_on_its_own():
@@ -62,19 +78,34 @@ def test_follows_a_change_in_acceptance():
     gate = DraftGate(min_samples=4, probe_every=8, memory=16)
     run_engine(gate, 2, 200, rate_on=130.0, rate_off=100.0)
     assert gate.buckets[2].drafting
+    assert gate.buckets[2].probe_interval == 8 * 16  # backed off while drafting paid
     decisions = run_engine(gate, 2, 300, rate_on=60.0, rate_off=100.0)
     assert not gate.buckets[2].drafting
-    assert sum(decisions[-100:]) <= 100 / 8 + 1
-    # backed off to 128 steps between probes while drafting paid; the switch brought the interval back to 8
-    assert gate.stats.switches == 1 and gate.buckets[2].probe_interval <= 8 * 2 ** 5
+    # the first probe after the change says switch: the interval comes back to 8, the next probes confirm
+    switched_at = next(i for i in range(len(decisions) - 20) if not any(decisions[i:i + 20]))
+    assert switched_at <= 128 + 3 * 8 * 2, f"switched only after {switched_at} steps"
+    assert sum(decisions[-100:]) <= 2 * 100 / 8
+    assert gate.stats.switches == 1
 
 
 def test_hysteresis_holds_the_state_between_close_rates():
-    gate = DraftGate(min_samples=4, probe_every=8, hysteresis=0.05)
-    run_engine(gate, 1, 100, rate_on=100.0, rate_off=101.0, noise=0.01, seed=1)  # within 5%: no switch
-    assert gate.stats.switches == 0
-    run_engine(gate, 1, 200, rate_on=100.0, rate_off=120.0, seed=2)  # 20% better without drafting
+    gate = DraftGate(min_samples=4, probe_every=8, max_backoff=1, hysteresis=0.05, min_gain=0.0)
+    run_engine(gate, 1, 100, rate_on=100.0, rate_off=101.0, noise=0.01, seed=1)  # exploration picks the better
     assert gate.stats.switches == 1 and not gate.buckets[1].drafting
+    run_engine(gate, 1, 200, rate_on=104.0, rate_off=101.0, noise=0.01, seed=2)  # within 5%: no switch back
+    assert gate.stats.switches == 1 and not gate.buckets[1].drafting
+    run_engine(gate, 1, 200, rate_on=120.0, rate_off=100.0, seed=3)  # 20% better drafting
+    assert gate.stats.switches == 2 and gate.buckets[1].drafting
+
+
+@pytest.mark.parametrize("gain, drafts", [(0.0, False), (0.03, False), (0.08, True), (0.3, True)])
+def test_drafting_must_gain_clearly(gain, drafts):
+    """Near break-even the target alone wins: drafting is kept only where it beats it by more than min_gain."""
+    gate = DraftGate(min_samples=4, probe_every=16, min_gain=0.05)
+    decisions = run_engine(gate, 16, 300, rate_on=100.0 * (1 + gain), rate_off=100.0, noise=0.005)
+    assert gate.buckets[16].drafting == drafts
+    drafted = sum(decisions[-100:])  # probes of the other state aside, the state kept
+    assert drafted >= 97 if drafts else drafted <= 3
 
 
 def test_idle_gaps_are_not_measured():
@@ -86,7 +117,8 @@ def test_idle_gaps_are_not_measured():
 
 
 @pytest.mark.parametrize("kwargs", [{"min_samples": 0}, {"probe_every": 1}, {"max_backoff": 0}, {"hysteresis": 1.0},
-                                    {"memory": 0.5}, {"max_ratio": 1.0}])
+                                    {"min_gain": -0.1}, {"probe_len": 1}, {"pair_window": 0}, {"memory": 0.5},
+                                    {"max_ratio": 1.0}])
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="draft gate"):
         DraftGate(**kwargs)
@@ -118,5 +150,5 @@ def test_conflicting_neighbours_mean_exploring():
     run_engine(gate, 1, 60, rate_on=70.0, rate_off=100.0)  # loses at 1, so 16 starts off ...
     run_engine(gate, 16, 60, rate_on=130.0, rate_off=100.0)  # ... but its first probe finds drafting pays there
     assert gate.buckets[16].drafting and gate.stats.inherited == 1
-    decisions = run_engine(gate, 4, 8, rate_on=100.0, rate_off=100.0)
-    assert decisions == [True] * 4 + [False] * 4 and gate.stats.inherited == 1
+    decisions = run_engine(gate, 4, 10, rate_on=100.0, rate_off=100.0)
+    assert decisions == [True] * 5 + [False] * 5 and gate.stats.inherited == 1

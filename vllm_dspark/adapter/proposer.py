@@ -83,7 +83,8 @@ class DSparkProposer(DFlashProposer):
         self.policy = VerifyLengthPolicy(
             serving.mode, self.num_speculative_tokens, sla_tokens_per_user=serving.sla_tokens_per_user,
             online_refit=serving.online_refit,
-            gate=DraftGate(probe_every=serving.gate_probe_every, max_backoff=serving.gate_max_backoff)
+            gate=DraftGate(probe_every=serving.gate_probe_every, max_backoff=serving.gate_max_backoff,
+                           min_gain=serving.gate_min_gain)
             if serving.draft_gate else None,
         )
         self._runner = runner
@@ -522,28 +523,33 @@ class DSparkProposer(DFlashProposer):
         if draft_s < 0:
             draft_s = self._timer.seconds()
             self.policy.observe_draft(num_req, draft_s)
-        if cad.max_query_len > self._max_gamma + 1:  # a prefill chunk: not a verification step
-            return
         period = now - last
         verify_s = max(period - draft_s, 1e-9)
+        prefill = cad.max_query_len > self._max_gamma + 1  # a prefill chunk: not a verification step
         if self._trace_path:
-            self._trace_step(cad, num_req, drafted, draft_s, period, verify_s)
+            self._trace_step(cad, num_req, drafted, draft_s, period, verify_s, prefill)
+        if prefill:
+            return
         self.policy.observe_step(int(cad.num_actual_tokens), verify_s)
         if self.policy.gate is not None:
             self._gate_obs = _GateObservation(cad.batch_size(), drafted, int(cad.num_actual_tokens), period,
                                               num_rejected_tokens_gpu)
 
-    def _trace_step(self, cad, num_req: int, drafted: bool, draft_s: float, period: float, verify_s: float) -> None:
-        """One line per verification step: what the cost model predicted for it before seeing it, and what it took
-        (benchmarks/serving/cost_fit.py reads these)."""
+    def _trace_step(self, cad, num_req: int, drafted: bool, draft_s: float, period: float, verify_s: float,
+                    prefill: bool) -> None:
+        """One line per engine step: what the cost model predicted for it before seeing it, and what it took
+        (benchmarks/serving/cost_fit.py reads these). Steps with a prefill chunk are traced too (`prefill`: the
+        table neither predicts nor learns them), so a trace accounts for a run's whole time."""
         table, b = self.policy.table, int(cad.num_actual_tokens)
-        record = {"requests": cad.batch_size(), "drafted_requests": num_req, "drafted": drafted,
+        record = {"requests": cad.batch_size(), "drafted_requests": num_req, "drafted": drafted, "prefill": prefill,
                   "batch_tokens": b, "period_s": period, "draft_s": draft_s, "verify_s": verify_s,
                   "predicted_verify_s": None if table is None else float(table.step_time(b)),
                   "prior_verify_s": None if table is None else float(
                       step_seconds_numpy(b, table.batch_tokens, table.prior_seconds)),
                   "predicted_draft_s": self.policy.draft_seconds(num_req) if drafted else 0.0,
                   "draft_depth": self._depth if drafted else 0,
+                  "gate_rates": None if self.policy.gate is None else self.policy.gate.rates(cad.batch_size()),
+                  "gate_gain": None if self.policy.gate is None else self.policy.gate.gain(cad.batch_size()),
                   "draft_phases_s": self._round_phases}
         with open(self._trace_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

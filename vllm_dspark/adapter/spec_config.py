@@ -67,15 +67,20 @@ class DSparkServingConfig(BaseModel):
     draft_gate: bool = Field(
         default=True,
         description="modes confidence / sla: at each load (running requests), measure the engine's tokens/s with "
-        "and without drafting and stop drafting where it does not pay (no draft round, nothing verified but the "
-        "target's own token); the other state is sampled again after gate_probe_every steps, then ever more rarely "
-        "while nothing changes (gate_max_backoff)",
+        "and without drafting (each probe of the state not in use against the steps just before it) and stop "
+        "drafting where it does not pay (no draft round, nothing verified but the target's own token); the other "
+        "state is probed again after gate_probe_every steps, then ever more rarely while nothing changes "
+        "(gate_max_backoff)",
     )
-    gate_probe_every: int = Field(default=32, ge=2, le=100000, description="steps between samples of the state "
-                                  "not in use (draft gate); doubles after each sample that leaves the state as it "
-                                  "was, up to gate_max_backoff times, and comes back after a switch")
+    gate_probe_every: int = Field(default=32, ge=3, le=100000, description="steps between probes (2 steps each) "
+                                  "of the state not in use (draft gate); doubles after each probe that leaves the "
+                                  "state as it was, up to gate_max_backoff times, and comes back after a switch or "
+                                  "a probe that points the other way")
     gate_max_backoff: int = Field(default=16, ge=1, le=1 << 16, description="the draft gate's longest interval "
                                   "between samples, in multiples of gate_probe_every (1: sample at a fixed cadence)")
+    gate_min_gain: float = Field(default=0.05, ge=0.0, lt=1.0, description="the draft gate drafts only where "
+                                 "drafting beats the target alone by more than this fraction of its tokens/s: at a "
+                                 "tie, speculation's unseen costs (requests finishing out of step) make it lose")
     context_kv_backlog_mib: int = Field(
         default=64, ge=0, le=1 << 20,
         description="rounds that draft nothing (draft gate off, or γ = 0) keep the target's hidden states and write "

@@ -8,20 +8,33 @@ model: each step reports (running requests R, whether its drafts were drafted, t
 took), and the gate keeps, per load bucket and state (drafting / not), the engine's tokens per second.
 
 - Buckets: R rounded up to a power of two (1, 2, 3-4, 5-8, ...): each load keeps its own estimates.
-- Estimates: exponentially forgotten sums of tokens and seconds (about `memory` steps), rate = tokens / seconds.
-- Exploration: a bucket first takes each state for `min_samples` steps; afterwards the state not in use is
-  sampled once every `probe_every` steps (so its estimate follows changes in content and acceptance). Each probe
-  that leaves the state in use unchanged doubles the bucket's interval, up to `probe_every × max_backoff`; a
-  switch resets it. So a bucket whose answer keeps being the same (a drafter that never pays at this load) pays
-  for probes ever more rarely, and one whose answer changes probes often again.
+- Estimates: paired, so that slow drift cancels. Every step gets slower as contexts grow, and acceptance moves with
+  content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare
+  the clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window`
+  steps of the state in use just before it: one sample of log(drafting rate / target-alone rate). The gain is their
+  running mean over the last ~`pair_memory` samples. The first step after a change of state is not used: it carries
+  the change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
+- Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds
+  `min_samples` pairs; afterwards the state not in use is probed for `probe_len` steps once every `probe_every`
+  steps (so the gain follows changes in content and acceptance). Each probe that leaves the state in use unchanged
+  doubles the bucket's interval, up to `probe_every × max_backoff`; a switch, or a probe whose sample points the
+  other way, resets it. So a bucket whose answer keeps being the same (a drafter that never pays at this load) pays
+  for probes ever more rarely, and one whose answer may be changing probes often again.
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts
   cost more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts
   with drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either
   skips its exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at
   every load the traffic passes through.) Conflicting evidence, or none, means exploring.
-- Hysteresis: the state switches only when the other state's rate beats the current one's by `hysteresis`.
+- Drafting must pay clearly: the bucket drafts only while the gain exceeds 1 + `min_gain`. Near break-even, a
+  step that drafts generates as much as one that does not, but drafting has costs the per-step rate cannot see:
+  requests that finish at different steps leave a tail of small, inefficient batches where they would have
+  finished together (measured at 16 requests on a CPU: per-step rates within 3% of each other, end-to-end 7–10%
+  behind the target alone), and its own variance. So at a tie the target alone wins.
+- Hysteresis: the state switches only when the gain passes that threshold by a factor (1 + `hysteresis`) either
+  way; the end of exploration compares it with the threshold itself.
 - Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
   not used.
+- `rates()` also keeps, for reports, each state's exponentially forgotten tokens / seconds (about `memory` steps).
 
 Pure Python: the proposer (adapter) asks `should_draft(R)` before a round and reports `observe(...)` one step
 later. It only decides whether drafts are made; which of them are accepted stays the rejection sampler's rule,
@@ -30,6 +43,7 @@ so the gate cannot change what is generated.
 from __future__ import annotations
 
 import collections
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -63,10 +77,15 @@ class _Bucket:
     on: _Rate = field(default_factory=_Rate)
     off: _Rate = field(default_factory=_Rate)
     drafting: bool = True  # the state in use
-    exploring: bool = True  # still taking min_samples steps of each state
-    since_probe: int = 0  # steps in the current state since the other was last sampled
+    exploring: bool = True  # still taking the first steps of each state
+    since_probe: int = 0  # steps in the current state since the other was last probed
     probe_interval: int = 32  # steps until the next probe (set from the gate's probe_every)
+    probe_left: int = 0  # steps of the probe under way
     recent_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
+    in_use: collections.deque = field(default_factory=collections.deque)  # (tokens, seconds) of the last steps
+    last_state: bool | None = None  # state of the last observed step
+    log_gain: float = 0.0  # running mean of paired log(drafting rate / target-alone rate)
+    pairs: int = 0
 
 
 @dataclass
@@ -81,14 +100,24 @@ class GateStats:
 
 
 class DraftGate:
-    def __init__(self, *, min_samples: int = 4, probe_every: int = 32, max_backoff: int = 16,
-                 hysteresis: float = 0.03, memory: float = 64.0, max_ratio: float = 4.0):
-        if min_samples < 1 or probe_every < 2 or max_backoff < 1:
-            raise ValueError(f"draft gate: need min_samples >= 1, probe_every >= 2 and max_backoff >= 1, got "
-                             f"{min_samples}, {probe_every}, {max_backoff}")
-        if not (0 <= hysteresis < 1) or memory < 1 or max_ratio <= 1:
-            raise ValueError(f"draft gate: need 0 <= hysteresis < 1, memory >= 1, max_ratio > 1, got {hysteresis}, "
-                             f"{memory}, {max_ratio}")
+    def __init__(self, *, min_samples: int = 4, probe_every: int = 32, max_backoff: int = 16, probe_len: int = 2,
+                 min_gain: float = 0.05, hysteresis: float = 0.03, pair_window: int = 4, pair_memory: int = 16,
+                 memory: float = 64.0, max_ratio: float = 4.0):
+        if min_samples < 1 or probe_every < 2 or max_backoff < 1 or not 2 <= probe_len < probe_every:
+            raise ValueError(f"draft gate: need min_samples >= 1, probe_every >= 2, max_backoff >= 1 and "
+                             f"2 <= probe_len < probe_every, got {min_samples}, {probe_every}, {max_backoff}, "
+                             f"{probe_len}")
+        if pair_window < 1 or pair_memory < 1:
+            raise ValueError(f"draft gate: need pair_window >= 1 and pair_memory >= 1, got {pair_window}, "
+                             f"{pair_memory}")
+        if not (0 <= hysteresis < 1) or not (0 <= min_gain < 1) or memory < 1 or max_ratio <= 1:
+            raise ValueError(f"draft gate: need 0 <= hysteresis < 1, 0 <= min_gain < 1, memory >= 1, max_ratio > 1, "
+                             f"got {hysteresis}, {min_gain}, {memory}, {max_ratio}")
+        self.probe_len = probe_len
+        self.threshold = math.log1p(min_gain)  # log gain drafting must show
+        self.band = math.log1p(hysteresis)
+        self.pair_window = pair_window
+        self.pair_memory = pair_memory
         self.min_samples = min_samples
         self.probe_every = probe_every
         self.max_probe_every = probe_every * max_backoff
@@ -118,18 +147,24 @@ class DraftGate:
     def should_draft(self, num_requests: int) -> bool:
         """Whether the round about to run at this load should draft (True) or leave drafting off (False)."""
         b = self._bucket(num_requests)
-        if b.exploring and b.on.samples < self.min_samples:
+        if b.exploring and b.on.samples <= self.min_samples:
             draft, probe = True, not b.drafting
-        elif b.exploring and b.off.samples < self.min_samples:
+        elif b.exploring and b.pairs < self.min_samples:
             draft, probe = False, b.drafting
         else:
-            b.exploring = False
-            self._maybe_switch(b)
-            b.since_probe += 1
-            probe = b.since_probe >= b.probe_interval
-            if probe:  # the state in use has held since the last switch: wait longer for the next probe
-                b.since_probe = 0
-                b.probe_interval = min(2 * b.probe_interval, self.max_probe_every)
+            if b.exploring:  # exploration over: the gain against the threshold, no hysteresis
+                b.exploring = False
+                self._switch_if(b, b.drafting != (b.log_gain > self.threshold))
+            elif b.probe_left == 0:
+                self._maybe_switch(b)
+            if b.probe_left == 0:
+                b.since_probe += 1
+                if b.since_probe >= b.probe_interval:  # the state in use held since the last switch: back off
+                    b.since_probe = 0
+                    b.probe_interval = min(2 * b.probe_interval, self.max_probe_every)
+                    b.probe_left = self.probe_len
+            probe = b.probe_left > 0
+            b.probe_left -= probe
             draft = b.drafting != probe
         self.stats.steps += 1
         self.stats.off_steps += not draft
@@ -137,11 +172,19 @@ class DraftGate:
         return draft
 
     def _maybe_switch(self, b: _Bucket) -> None:
-        current, other = (b.on, b.off) if b.drafting else (b.off, b.on)
-        if other.rate > current.rate * (1.0 + self.hysteresis):
+        if b.pairs == 0:  # a state inherited from another load holds until measured here
+            return
+        if b.drafting:
+            self._switch_if(b, b.log_gain < self.threshold - self.band)
+        else:
+            self._switch_if(b, b.log_gain > self.threshold + self.band)
+
+    def _switch_if(self, b: _Bucket, switch: bool) -> None:
+        if switch:
             b.drafting = not b.drafting
             b.since_probe = 0
             b.probe_interval = self.probe_every
+            b.in_use.clear()
             self.stats.switches += 1
 
     def observe(self, num_requests: int, drafted: bool, tokens: int, seconds: float) -> bool:
@@ -157,9 +200,29 @@ class DraftGate:
         recent.append(seconds)
         (b.on if drafted else b.off).add(float(tokens), float(seconds), self.decay)
         self.stats.observations += 1
+        transition, b.last_state = b.last_state is not None and b.last_state != drafted, drafted
+        if transition:
+            return True
+        if drafted == b.drafting:
+            b.in_use.append((float(tokens), float(seconds)))
+            while len(b.in_use) > self.pair_window:
+                b.in_use.popleft()
+        elif b.in_use:  # a step of the other state, just after steps of the one in use: one paired sample
+            ref = sum(t for t, _ in b.in_use) / sum(sec for _, sec in b.in_use)
+            sample = math.log(tokens / seconds / ref)
+            sample = sample if drafted else -sample
+            b.pairs += 1
+            b.log_gain += (sample - b.log_gain) / min(b.pairs, self.pair_memory)
+            if (sample < self.threshold - self.band) if b.drafting else (sample > self.threshold + self.band):
+                b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
+
+    def gain(self, num_requests: int) -> float | None:
+        """Measured tokens/s drafting over tokens/s without, at this load's bucket (None before any pair)."""
+        b = self.buckets.get(load_bucket(num_requests))
+        return None if b is None or b.pairs == 0 else math.exp(b.log_gain)
 
     def rates(self, num_requests: int) -> tuple[float, float]:
         """(tokens/s drafting, tokens/s not drafting) measured at this load's bucket (0 where unmeasured)."""
-        b = self._bucket(num_requests)
-        return b.on.rate, b.off.rate
+        b = self.buckets.get(load_bucket(num_requests))  # a look only: never opens a bucket
+        return (0.0, 0.0) if b is None else (b.on.rate, b.off.rate)
