@@ -6,7 +6,9 @@ time, the verification time (period − round), and what the cost table predicte
 seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile alone). Per number of running requests
 this prints mean observed and predicted times, the mean absolute prediction error over the first and the last
 half of the steps (the online refit should shrink it), the draft round's share of the step, and the round's parts
-(timed only while tracing, which synchronises a GPU at each part).
+(timed only while tracing, which synchronises a GPU at each part); then where the run's engine time went (steps
+with a prefill chunk, decoding with and without drafts), the draft gate's measured gain per load, and the run as
+one character per step.
 
     python benchmarks/serving/cost_fit.py trace.jsonl --json cost_fit.json --plot cost_fit.png
 """
@@ -73,6 +75,36 @@ def summarize(records: list[dict]) -> list[dict]:
     return out
 
 
+def time_split(records: list[dict]) -> dict:
+    """Where a traced run's engine time went (records with their prefill steps: `load(..., prefill=True)`):
+    seconds and steps with a prefill chunk, decoding with drafts, decoding without; the draft gate's last
+    measured gain (tokens/s drafting over not) per number of running requests; and the run as one character per
+    step (D / . : decoding with / without drafts; P / p : the same with a prefill chunk)."""
+    def part(rows: list[dict]) -> dict:
+        return {"steps": len(rows), "seconds": sum(r["period_s"] for r in rows)}
+
+    decode = [r for r in records if not r.get("prefill")]
+    gains = {int(r["requests"]): r["gate_gain"] for r in records if r.get("gate_gain") is not None}
+    return {"prefill": part([r for r in records if r.get("prefill")]),
+            "decode_drafted": part([r for r in decode if r["drafted"]]),
+            "decode_undrafted": part([r for r in decode if not r["drafted"]]),
+            "gate_gain": dict(sorted(gains.items())),
+            "timeline": "".join(("P" if r.get("prefill") else "D") if r["drafted"] else
+                                ("p" if r.get("prefill") else ".") for r in records)}
+
+
+def print_time_split(split: dict) -> None:
+    total = sum(split[k]["seconds"] for k in ("prefill", "decode_drafted", "decode_undrafted")) or 1.0
+    print("\nengine time: " + ", ".join(
+        f"{name} {split[k]['seconds']:.2f} s ({100 * split[k]['seconds'] / total:.0f}%, {split[k]['steps']} steps)"
+        for k, name in (("prefill", "with a prefill chunk"), ("decode_drafted", "decoding with drafts"),
+                        ("decode_undrafted", "decoding without"))))
+    if split["gate_gain"]:
+        print("draft gate's last gain per running requests: " + ", ".join(
+            f"{k}: {v:.2f}" for k, v in split["gate_gain"].items()))
+    print(f"steps (D/. decoding with/without drafts, P/p the same with a prefill chunk): {split['timeline']}")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -128,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args(argv)
-    records = load(args.trace)
+    everything = load(args.trace, prefill=True)
+    records = [r for r in everything if not r.get("prefill")]
     if not records:
         raise SystemExit(f"{args.trace}: no steps traced (was the server started with VLLM_DSPARK_STEP_TRACE, in "
                          "mode confidence or sla?)")
     rows = summarize(records)
+    split = time_split(everything)
     print_table(rows)
     print_draft_parts(rows)
+    print_time_split(split)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"loads": rows, "time_split": split}, indent=1))
     if args.plot:
         plot(records, args.plot)
     return 0

@@ -44,9 +44,24 @@ def test_cli_writes_json_and_refuses_an_empty_trace(tmp_path, capsys):
     path = tmp_path / "trace.jsonl"
     path.write_text(json.dumps(step(2, 0.05, 0.05, 0.06)) + "\n")
     assert cost_fit.main([str(path), "--json", str(tmp_path / "fit.json")]) == 0
-    assert json.loads((tmp_path / "fit.json").read_text())[0]["requests"] == 2
+    assert json.loads((tmp_path / "fit.json").read_text())["loads"][0]["requests"] == 2
     assert "| 2 | 1 (0) |" in capsys.readouterr().out
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(SystemExit, match="no steps traced"):
         cost_fit.main([str(empty)])
+
+
+def test_time_split_counts_prefill_steps_apart(tmp_path):
+    """Prefill steps are traced (marked) but kept out of the per-load table; the time split accounts for them."""
+    pre = {**step(4, 0.300, 0.3, 0.3, tokens=90), "prefill": True}
+    trace = [pre, {**step(4, 0.100, 0.1, 0.1, draft=0.02, tokens=12), "gate_gain": 1.3},
+             {**step(16, 0.090, 0.1, 0.1), "gate_gain": 0.97}, {**step(16, 0.090, 0.1, 0.1), "gate_gain": 1.02}]
+    path = tmp_path / "trace.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in trace) + "\n")
+    assert len(cost_fit.load(path)) == 3 and len(cost_fit.load(path, prefill=True)) == 4
+    split = cost_fit.time_split(cost_fit.load(path, prefill=True))
+    assert split["prefill"] == {"steps": 1, "seconds": pytest.approx(0.3)}
+    assert split["decode_drafted"] == {"steps": 1, "seconds": pytest.approx(0.12)}
+    assert split["decode_undrafted"] == {"steps": 2, "seconds": pytest.approx(0.18)}
+    assert split["gate_gain"] == {4: 1.3, 16: 1.02} and split["timeline"] == "pD.."

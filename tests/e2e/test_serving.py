@@ -187,3 +187,8 @@ def test_step_trace_and_draft_gate(servers, e2e_prompts):
     assert len(skipped) <= m["dspark:draft_off_steps_total"]
     rows = cost_fit.summarize(steps)
     assert sum(r["steps"] for r in rows) == len(steps)
+    # steps with a prefill chunk are traced too, marked, so the time split accounts for the whole run
+    everything = cost_fit.load(servers.step_trace, prefill=True)
+    split = cost_fit.time_split(everything)
+    assert split["prefill"]["steps"] > 0 and len(split["timeline"]) == len(everything) > len(steps)
+    assert split["gate_gain"], "the gate measured no gain at any load"
