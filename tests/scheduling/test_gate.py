@@ -152,3 +152,15 @@ def test_conflicting_neighbours_mean_exploring():
     assert gate.buckets[16].drafting and gate.stats.inherited == 1
     decisions = run_engine(gate, 4, 10, rate_on=100.0, rate_off=100.0)
     assert decisions == [True] * 5 + [False] * 5 and gate.stats.inherited == 1
+
+
+def test_pairs_only_with_recent_steps_of_the_same_load():
+    """A probe compares with the steps just before it at its own load: after the traffic spent a while at another
+    load, the old steps there are not used (they were measured at other contexts)."""
+    gate = DraftGate(min_samples=2, probe_every=4, max_backoff=1, pair_window=2)
+    run_engine(gate, 16, 40, rate_on=100.0, rate_off=200.0)  # 16: off in use, drafting probed
+    pairs = gate.buckets[16].pairs
+    run_engine(gate, 2, 30, rate_on=150.0, rate_off=100.0)
+    b = gate.buckets[16]
+    gate.observe(16, True, 16, 16 / 100.0)  # a drafting step back at 16, right after 30 steps at 2
+    assert b.pairs == pairs and not b.in_use and b.last_state is True  # not paired with the steps of long ago

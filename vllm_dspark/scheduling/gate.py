@@ -11,7 +11,8 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
 - Estimates: paired, so that slow drift cancels. Every step gets slower as contexts grow, and acceptance moves with
   content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare
   the clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window`
-  steps of the state in use just before it: one sample of log(drafting rate / target-alone rate). The gain is their
+  steps of the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine
+  steps): one sample of log(drafting rate / target-alone rate). The gain is their
   running mean over the last ~`pair_memory` samples. The first step after a change of state is not used: it carries
   the change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
 - Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds
@@ -84,6 +85,7 @@ class _Bucket:
     recent_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
     in_use: collections.deque = field(default_factory=collections.deque)  # (tokens, seconds) of the last steps
     last_state: bool | None = None  # state of the last observed step
+    last_seen: int = 0  # the gate's observation count at this bucket's last step
     log_gain: float = 0.0  # running mean of paired log(drafting rate / target-alone rate)
     pairs: int = 0
 
@@ -200,6 +202,10 @@ class DraftGate:
         recent.append(seconds)
         (b.on if drafted else b.off).add(float(tokens), float(seconds), self.decay)
         self.stats.observations += 1
+        if self.stats.observations - b.last_seen > 2 * self.pair_window:  # the load was elsewhere: nothing recent
+            b.in_use.clear()
+            b.last_state = None
+        b.last_seen = self.stats.observations
         transition, b.last_state = b.last_state is not None and b.last_state != drafted, drafted
         if transition:
             return True
