@@ -269,13 +269,23 @@ def test_inflated_drafter_keeps_drafts_and_confidences(tmp_path, models, inflate
 
 
 @needs_target
-@pytest.mark.parametrize("kind", ["dflash", "eagle3"])
+@pytest.mark.parametrize("kind, stripped", [("dflash", False), ("eagle3", False), ("eagle3", True)])
 @torch.no_grad()
-def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
+def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind, stripped):
     """DFlash / EAGLE-3 drafters (vLLM layouts): the inflated drafter on the inflated target's features drafts
-    what the small one drafts on the small target's, run by the training package's own drafter classes."""
+    what the small one drafts on the small target's, run by the training package's own drafter classes. A stripped
+    EAGLE-3 drafter (no embedding / LM head: shared_weights.py strip) inflates too and, given each target's own,
+    as vLLM does, still drafts the same."""
+    from safetensors.torch import load_file, save_file
+
+    from vllm_dspark.training.eagle3 import load_eagle3
+
     small, big, prompts = models
     make_native_drafter(tmp_path / "draft", kind)
+    if stripped:
+        path = tmp_path / "draft" / "model.safetensors"
+        state = {k: v for k, v in load_file(str(path)).items() if k not in ("embed_tokens.weight", "lm_head.weight")}
+        save_file(state, str(path))
     summary = inflate_drafter(tmp_path / "draft", tmp_path / "draft_big", pycode_config(), SMALL_SHAPE,
                               dtype=torch.float32, device="cpu")
     assert summary["kind"] == kind
@@ -291,6 +301,11 @@ def test_inflated_native_drafter_keeps_drafts(tmp_path, models, inflated, kind):
 
     results = []
     for target, d_dir in ((small, tmp_path / "draft"), (big, tmp_path / "draft_big")):
+        if stripped:  # the target's embedding and LM head, as vLLM shares them with a drafter that has none
+            assert "embed_tokens.weight" not in load_file(str(next(d_dir.glob("*.safetensors"))))
+            drafter = load_eagle3(d_dir, target, dtype=torch.float32)
+            results.append([draft_on_prompt(target, kind, drafter, ids) for ids in prompts[:2]])
+            continue
         # vllm_dspark.training's DFlashDrafter / Eagle3Drafter, loaded by their load_dflash / load_eagle3
         loaded_kind, drafter = load_drafter_with_kind(d_dir, torch.float32, "cpu")
         expected_class = {"dflash": "DFlashDrafter", "eagle3": "Eagle3Drafter"}[kind]
