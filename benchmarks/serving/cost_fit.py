@@ -1,14 +1,14 @@
 """How well the cost model predicts serving: read a step trace, print a table per load, write JSON (and a plot).
 
-A server started with `VLLM_DSPARK_STEP_TRACE=trace.jsonl` (modes confidence / sla) writes one line per
-engine step (those with a prefill chunk are marked `prefill` and left out here): requests, batch tokens, whether its drafts were drafted, the step period, the draft round's
-time, the verification time (period − round), and what the cost table predicted for that verification before
-seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile alone). Per number of running requests
-this prints mean observed and predicted times, the mean absolute prediction error over the first and the last
-half of the steps (the online refit should shrink it), the draft round's share of the step, and the round's parts
-(timed only while tracing, which synchronises a GPU at each part); then where the run's engine time went (steps
-with a prefill chunk, decoding with and without drafts), the draft gate's measured gain per load, and the run as
-one character per step.
+A server started with `VLLM_DSPARK_STEP_TRACE=trace.jsonl` (modes confidence / sla) writes one line per engine step
+(those with a prefill chunk are marked `prefill` and left out here): requests, batch tokens, whether its drafts were
+drafted, the step period, the draft round's time, the verification time (period − round), and what the cost table
+predicted for that verification before seeing it (`predicted_verify_s`; `prior_verify_s`: the start-up profile
+alone). Per number of running requests this prints mean observed and predicted times, the mean absolute prediction
+error over the first and the last half of the steps (the online refit should shrink it), the draft round's share of
+the step, and the round's parts (timed only while tracing, which synchronises a GPU at each part); then where the
+run's engine time went (steps with a prefill chunk, decoding with and without drafts), the draft gate's measured
+gain per load, and the run as one character per step.
 
     python benchmarks/serving/cost_fit.py trace.jsonl --json cost_fit.json --plot cost_fit.png
 """
