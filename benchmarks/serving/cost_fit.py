@@ -21,10 +21,15 @@ import statistics
 from pathlib import Path
 
 
+def decoding(rows: list[dict]) -> list[dict]:
+    """The verification steps of a trace (those without a prefill chunk)."""
+    return [r for r in rows if not r.get("prefill")]
+
+
 def load(path: Path, *, prefill: bool = False) -> list[dict]:
     """The trace's verification steps (and, with `prefill`, its steps with a prefill chunk too)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return rows if prefill else [r for r in rows if not r.get("prefill")]
+    return rows if prefill else decoding(rows)
 
 
 def _err(rows: list[dict], key: str) -> float | None:
@@ -83,7 +88,7 @@ def time_split(records: list[dict]) -> dict:
     def part(rows: list[dict]) -> dict:
         return {"steps": len(rows), "seconds": sum(r["period_s"] for r in rows)}
 
-    decode = [r for r in records if not r.get("prefill")]
+    decode = decoding(records)
     gains = {int(r["requests"]): r["gate_gain"] for r in records if r.get("gate_gain") is not None}
     return {"prefill": part([r for r in records if r.get("prefill")]),
             "decode_drafted": part([r for r in decode if r["drafted"]]),
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args(argv)
     everything = load(args.trace, prefill=True)
-    records = [r for r in everything if not r.get("prefill")]
+    records = decoding(everything)
     if not records:
         raise SystemExit(f"{args.trace}: no steps traced (was the server started with VLLM_DSPARK_STEP_TRACE, in "
                          "mode confidence or sla?)")

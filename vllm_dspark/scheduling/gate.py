@@ -12,9 +12,9 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare
   the clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window`
   steps of the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine
-  steps): one sample of log(drafting rate / target-alone rate). The gain is their
-  running mean over the last ~`pair_memory` samples. The first step after a change of state is not used: it carries
-  the change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
+  steps): one sample of log(drafting rate / target-alone rate). The gain is their running mean over the last
+  ~`pair_memory` samples. The first step after a change of state is not used: it carries the change's own cost
+  (the context K/V held back while drafting was off, written by the next drafting round).
 - Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds
   `min_samples` pairs; afterwards the state not in use is probed for `probe_len` steps once every `probe_every`
   steps (so the gain follows changes in content and acceptance). Each probe that leaves the state in use unchanged
@@ -83,7 +83,7 @@ class _Bucket:
     probe_interval: int = 32  # steps until the next probe (set from the gate's probe_every)
     probe_left: int = 0  # steps of the probe under way
     recent_seconds: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
-    in_use: collections.deque = field(default_factory=collections.deque)  # (tokens, seconds) of the last steps
+    in_use: collections.deque = field(default_factory=collections.deque)  # (tokens, seconds), last pair_window
     last_state: bool | None = None  # state of the last observed step
     last_seen: int = 0  # the gate's observation count at this bucket's last step
     log_gain: float = 0.0  # running mean of paired log(drafting rate / target-alone rate)
@@ -105,10 +105,9 @@ class DraftGate:
     def __init__(self, *, min_samples: int = 4, probe_every: int = 32, max_backoff: int = 16, probe_len: int = 2,
                  min_gain: float = 0.05, hysteresis: float = 0.03, pair_window: int = 4, pair_memory: int = 16,
                  memory: float = 64.0, max_ratio: float = 4.0):
-        if min_samples < 1 or probe_every < 2 or max_backoff < 1 or not 2 <= probe_len < probe_every:
-            raise ValueError(f"draft gate: need min_samples >= 1, probe_every >= 2, max_backoff >= 1 and "
-                             f"2 <= probe_len < probe_every, got {min_samples}, {probe_every}, {max_backoff}, "
-                             f"{probe_len}")
+        if min_samples < 1 or max_backoff < 1 or not 2 <= probe_len < probe_every:
+            raise ValueError(f"draft gate: need min_samples >= 1, max_backoff >= 1 and 2 <= probe_len < probe_every, "
+                             f"got {min_samples}, {max_backoff}, {probe_len}, {probe_every}")
         if pair_window < 1 or pair_memory < 1:
             raise ValueError(f"draft gate: need pair_window >= 1 and pair_memory >= 1, got {pair_window}, "
                              f"{pair_memory}")
@@ -134,7 +133,7 @@ class DraftGate:
         if key not in self.buckets:
             prior = self._prior(key)
             self.buckets[key] = _Bucket(probe_interval=self.probe_every, drafting=prior is not False,
-                                        exploring=prior is None)
+                                        exploring=prior is None, in_use=collections.deque(maxlen=self.pair_window))
             self.stats.inherited += prior is not None
         return self.buckets[key]
 
@@ -173,13 +172,15 @@ class DraftGate:
         self.stats.probe_steps += probe
         return draft
 
-    def _maybe_switch(self, b: _Bucket) -> None:
-        if b.pairs == 0:  # a state inherited from another load holds until measured here
-            return
+    def _says_switch(self, b: _Bucket, log_gain: float) -> bool:
+        """Whether a (log) gain lies beyond the hysteresis band on the other side of the threshold."""
         if b.drafting:
-            self._switch_if(b, b.log_gain < self.threshold - self.band)
-        else:
-            self._switch_if(b, b.log_gain > self.threshold + self.band)
+            return log_gain < self.threshold - self.band
+        return log_gain > self.threshold + self.band
+
+    def _maybe_switch(self, b: _Bucket) -> None:
+        if b.pairs:  # a state inherited from another load holds until measured here
+            self._switch_if(b, self._says_switch(b, b.log_gain))
 
     def _switch_if(self, b: _Bucket, switch: bool) -> None:
         if switch:
@@ -211,15 +212,13 @@ class DraftGate:
             return True
         if drafted == b.drafting:
             b.in_use.append((float(tokens), float(seconds)))
-            while len(b.in_use) > self.pair_window:
-                b.in_use.popleft()
         elif b.in_use:  # a step of the other state, just after steps of the one in use: one paired sample
             ref = sum(t for t, _ in b.in_use) / sum(sec for _, sec in b.in_use)
             sample = math.log(tokens / seconds / ref)
             sample = sample if drafted else -sample
             b.pairs += 1
             b.log_gain += (sample - b.log_gain) / min(b.pairs, self.pair_memory)
-            if (sample < self.threshold - self.band) if b.drafting else (sample > self.threshold + self.band):
+            if self._says_switch(b, sample):
                 b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
 
