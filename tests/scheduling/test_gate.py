@@ -38,7 +38,8 @@ def test_turns_drafting_off_where_it_loses_and_probes_ever_more_rarely():
     assert decisions[:10] == [True] * 5 + [False] * 5  # exploration: 5 drafting, then 4 pairs (+ the transition)
     tail = decisions[10:]  # after exploration, drafting happens only on 2-step probes, each gap twice the last
     gaps = _probe_gaps(tail, True)
-    assert gaps[0] == 64 + 1 and set(gaps[1:]) == {128 + 1} and len(gaps) >= 8  # capped at 32 × 4
+    # interval + 1: a probe starts on the step that completes the interval; capped at 32 × 4
+    assert gaps[0] == 64 + 1 and set(gaps[1:]) == {128 + 1} and len(gaps) >= 8
     assert all(n == 2 for n in map(len, "".join("1" if d else "0" for d in tail).split("0")) if n)
     assert gate.stats.off_steps == decisions.count(False)
     assert gate.gain(4) == pytest.approx(0.7, rel=0.06)
