@@ -8,7 +8,8 @@ alone). Per number of running requests this prints mean observed and predicted t
 error over the first and the last half of the steps (the online refit should shrink it), the draft round's share of
 the step, and the round's parts (timed only while tracing, which synchronises a GPU at each part); then where the
 run's engine time went (steps with a prefill chunk, decoding with and without drafts), the draft gate's measured
-gain per load, and the run as one character per step.
+gain per load, the tokens/s decoding steps generated with and without drafts per load (`generated_tokens`), and the
+run as one character per step.
 
     python benchmarks/serving/cost_fit.py trace.jsonl --json cost_fit.json --plot cost_fit.png
 """
@@ -19,6 +20,8 @@ import collections
 import json
 import statistics
 from pathlib import Path
+
+from vllm_dspark.scheduling.gate import load_bucket
 
 
 def decoding(rows: list[dict]) -> list[dict]:
@@ -83,17 +86,28 @@ def summarize(records: list[dict]) -> list[dict]:
 def time_split(records: list[dict]) -> dict:
     """Where a traced run's engine time went (records with their prefill steps: `load(..., prefill=True)`):
     seconds and steps with a prefill chunk, decoding with drafts, decoding without; the draft gate's last
-    measured gain (tokens/s drafting over not) per number of running requests; and the run as one character per
-    step (D / . : decoding with / without drafts; P / p : the same with a prefill chunk)."""
+    measured gain (tokens/s drafting over not) per number of running requests; the tokens/s the decoding steps
+    generated with and without drafts per load bucket (requests rounded up to a power of two, as the gate keeps
+    them; from each record's `generated_tokens`, over the whole run, so the two compare different moments); and
+    the run as one character per step (D / . : decoding with / without drafts; P / p : the same with a prefill
+    chunk)."""
     def part(rows: list[dict]) -> dict:
         return {"steps": len(rows), "seconds": sum(r["period_s"] for r in rows)}
 
     decode = decoding(records)
     gains = {int(r["requests"]): r["gate_gain"] for r in records if r.get("gate_gain") is not None}
+    rates: dict[int, list] = {}
+    for r in decode:
+        if r.get("generated_tokens") is not None:
+            sums = rates.setdefault(load_bucket(int(r["requests"])), [0.0, 0.0, 0.0, 0.0])
+            sums[0 if r["drafted"] else 2] += r["generated_tokens"]
+            sums[1 if r["drafted"] else 3] += r["period_s"]
     return {"prefill": part([r for r in records if r.get("prefill")]),
             "decode_drafted": part([r for r in decode if r["drafted"]]),
             "decode_undrafted": part([r for r in decode if not r["drafted"]]),
             "gate_gain": dict(sorted(gains.items())),
+            "decode_rates": {k: [t / sec if sec else None for t, sec in ((v[0], v[1]), (v[2], v[3]))]
+                             for k, v in sorted(rates.items())},
             "timeline": "".join(("P" if r.get("prefill") else "D") if r["drafted"] else
                                 ("p" if r.get("prefill") else ".") for r in records)}
 
@@ -107,7 +121,14 @@ def print_time_split(split: dict) -> None:
     if split["gate_gain"]:
         print("draft gate's last gain per running requests: " + ", ".join(
             f"{k}: {v:.2f}" for k, v in split["gate_gain"].items()))
+    if split.get("decode_rates"):
+        print("decoding tokens/s with / without drafts per load (requests up to): " + ", ".join(
+            f"{k}: {_rate(on)} / {_rate(off)}" for k, (on, off) in split["decode_rates"].items()))
     print(f"steps (D/. decoding with/without drafts, P/p the same with a prefill chunk): {split['timeline']}")
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def _pct(x: float | None) -> str:

@@ -65,3 +65,16 @@ def test_time_split_counts_prefill_steps_apart(tmp_path):
     assert split["decode_drafted"] == {"steps": 1, "seconds": pytest.approx(0.12)}
     assert split["decode_undrafted"] == {"steps": 2, "seconds": pytest.approx(0.18)}
     assert split["gate_gain"] == {4: 1.3, 16: 1.02} and split["timeline"] == "pD.."
+
+
+def test_decode_rates_per_load_bucket():
+    """Tokens/s the decoding steps generated, with and without drafts, per load bucket (prefill steps and records
+    without a count left out)."""
+    trace = [{**step(16, 0.30, 0.3, 0.3, tokens=120), "prefill": True, "generated_tokens": None},
+             {**step(16, 0.18, 0.1, 0.1, draft=0.02, tokens=40), "generated_tokens": 30},  # 150 tok/s
+             {**step(15, 0.10, 0.1, 0.1, draft=0.02, tokens=40), "generated_tokens": 12},  # bucket 16 too
+             {**step(16, 0.10, 0.1, 0.1), "generated_tokens": 16},
+             {**step(2, 0.05, 0.1, 0.1), "generated_tokens": 2}, step(2, 0.05, 0.1, 0.1)]
+    split = cost_fit.time_split(trace)
+    assert split["decode_rates"][16] == pytest.approx([42 / 0.32, 160.0])
+    assert split["decode_rates"][2] == [None, pytest.approx(40.0)]

@@ -192,3 +192,8 @@ def test_step_trace_and_draft_gate(servers, e2e_prompts):
     split = cost_fit.time_split(everything)
     assert split["prefill"]["steps"] > 0 and len(split["timeline"]) == len(everything) > len(steps)
     assert split["gate_gain"], "the gate measured no gain at any load"
+    # each decoding step carries the tokens it generated: one per request without drafts, at most its verified
+    # tokens with (the last step of a server's life is written only when a next step starts)
+    assert all(s["generated_tokens"] == s["requests"] for s in skipped)
+    assert all(s["requests"] <= s["generated_tokens"] <= s["batch_tokens"] for s in drafted)
+    assert any(s["generated_tokens"] > s["requests"] for s in drafted), "no traced step accepted a draft"

@@ -108,6 +108,7 @@ class DSparkProposer(DFlashProposer):
         self._last_log_t = time.monotonic()
         self._dump_path = os.environ.get(DUMP_ENV) or None
         self._trace_path = os.environ.get(STEP_TRACE_ENV) or None
+        self._trace_held: tuple[dict, _GateObservation | None] | None = None  # the last step's record (see below)
         self._phases: dict[str, float] = {}  # seconds per part of the last draft round (step trace)
         self._round_phases: dict[str, float] = {}
         self._round: DraftRound | None = None
@@ -516,6 +517,7 @@ class DSparkProposer(DFlashProposer):
         now = time.perf_counter()
         last, self._last_step_t = self._last_step_t, now
         last_round, self._last_round = self._last_round, None
+        self._flush_trace()
         self._flush_gate_observation()
         if last is None or last_round is None:
             return
@@ -526,20 +528,21 @@ class DSparkProposer(DFlashProposer):
         period = now - last
         verify_s = max(period - draft_s, 1e-9)
         prefill = cad.max_query_len > self._max_gamma + 1  # a prefill chunk: not a verification step
+        if not prefill:
+            self.policy.observe_step(int(cad.num_actual_tokens), verify_s)
+            if self.policy.gate is not None or self._trace_path:
+                self._gate_obs = _GateObservation(cad.batch_size(), drafted, int(cad.num_actual_tokens), period,
+                                                  num_rejected_tokens_gpu)
         if self._trace_path:
             self._trace_step(cad, num_req, drafted, draft_s, period, verify_s, prefill)
-        if prefill:
-            return
-        self.policy.observe_step(int(cad.num_actual_tokens), verify_s)
-        if self.policy.gate is not None:
-            self._gate_obs = _GateObservation(cad.batch_size(), drafted, int(cad.num_actual_tokens), period,
-                                              num_rejected_tokens_gpu)
 
     def _trace_step(self, cad, num_req: int, drafted: bool, draft_s: float, period: float, verify_s: float,
                     prefill: bool) -> None:
         """One line per engine step: what the cost model predicted for it before seeing it, and what it took
         (benchmarks/serving/cost_fit.py reads these). Steps with a prefill chunk are traced too (`prefill`: the
-        table neither predicts nor learns them), so a trace accounts for a run's whole time."""
+        table neither predicts nor learns them), so a trace accounts for a run's whole time. A record is written
+        when the next step starts, with the tokens its step generated (`generated_tokens`, decoding steps only):
+        the last step before the server stops is not written."""
         table, b = self.policy.table, int(cad.num_actual_tokens)
         record = {"requests": cad.batch_size(), "drafted_requests": num_req, "drafted": drafted, "prefill": prefill,
                   "batch_tokens": b, "period_s": period, "draft_s": draft_s, "verify_s": verify_s,
@@ -551,13 +554,23 @@ class DSparkProposer(DFlashProposer):
                   "gate_rates": None if self.policy.gate is None else self.policy.gate.rates(cad.batch_size()),
                   "gate_gain": None if self.policy.gate is None else self.policy.gate.gain(cad.batch_size()),
                   "draft_phases_s": self._round_phases}
+        self._trace_held = (record, self._gate_obs)  # written at the next step, with the tokens it generated
+
+    def _flush_trace(self) -> None:
+        """Write the last step's trace record, with the tokens it generated (decoding steps; its rejected count is
+        read one step late, as the gate reads it)."""
+        held, self._trace_held = self._trace_held, None
+        if held is None:
+            return
+        record, obs = held
+        record["generated_tokens"] = None if obs is None else obs.num_tokens - obs.rejected()
         with open(self._trace_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _flush_gate_observation(self) -> None:
         """Feed the gate the step before this one (its rejected count is read one step late: no host sync)."""
         obs, self._gate_obs = self._gate_obs, None
-        if obs is not None:
+        if obs is not None and self.policy.gate is not None:
             self.policy.gate.observe(obs.num_req, obs.drafted, obs.num_tokens - obs.rejected(), obs.seconds)
 
     def _dump_records(self, drafts: torch.Tensor) -> list[dict]:

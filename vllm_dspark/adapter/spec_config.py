@@ -67,15 +67,14 @@ class DSparkServingConfig(BaseModel):
     draft_gate: bool = Field(
         default=True,
         description="modes confidence / sla: at each load (running requests), measure the engine's tokens/s with "
-        "and without drafting (each probe of the state not in use against the steps just before it) and stop "
-        "drafting where it does not pay (no draft round, nothing verified but the target's own token); the other "
-        "state is probed again after gate_probe_every steps, then ever more rarely while nothing changes "
-        "(gate_max_backoff)",
+        "and without drafting (each probe of the state not in use against the steps just before it, recent "
+        "probes counting most) and stop drafting where it does not pay (no draft round, nothing verified but the "
+        "target's own token); the other state is probed every gate_probe_every steps while the measured gain is "
+        "near the threshold, ever more rarely while it is clearly on one side (gate_max_backoff)",
     )
-    gate_probe_every: int = Field(default=32, ge=3, le=100000, description="steps between probes (2 steps each) "
-                                  "of the state not in use (draft gate); doubles after each probe that leaves the "
-                                  "state as it was, up to gate_max_backoff times, and comes back after a switch or "
-                                  "a probe that points the other way")
+    gate_probe_every: int = Field(default=16, ge=3, le=100000, description="steps between probes (2 steps each) "
+                                  "of the state not in use (draft gate) while its decision is unsettled; while "
+                                  "settled the interval doubles after each probe, up to gate_max_backoff times")
     gate_max_backoff: int = Field(default=16, ge=1, le=1 << 16, description="the draft gate's longest interval "
                                   "between samples, in multiples of gate_probe_every (1: sample at a fixed cadence)")
     gate_min_gain: float = Field(default=0.05, ge=0.0, lt=1.0, description="the draft gate drafts only where "

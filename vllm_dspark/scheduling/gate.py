@@ -12,15 +12,23 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare
   the clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window`
   steps of the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine
-  steps): one sample of log(drafting rate / target-alone rate). The gain is their running mean over the last
-  ~`pair_memory` samples. The first step after a change of state is not used: it carries the change's own cost
-  (the context K/V held back while drafting was off, written by the next drafting round).
+  steps): one sample of log(drafting rate / target-alone rate). The first step after a change of state is not used:
+  it carries the change's own cost (the context K/V held back while drafting was off, written by the next drafting
+  round).
+- Recent samples count most. The gain is the mean of the last `pair_memory` samples, each weighted by
+  2^(-age / `half_life`), age in steps at that load: what drafting is worth changes within a request's life (early
+  tokens of a code completion are easier to draft than later ones), and a gain measured once at the start of a
+  wave of requests must not decide for the rest of it (measured at 16 requests on a CPU: 1.11 when the gate
+  explored, ~0.96 a hundred steps later, with no probes in between to see it).
 - Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds
-  `min_samples` pairs; afterwards the state not in use is probed for `probe_len` steps once every `probe_every`
-  steps (so the gain follows changes in content and acceptance). Each probe that leaves the state in use unchanged
-  doubles the bucket's interval, up to `probe_every × max_backoff`; a switch, or a probe whose sample points the
-  other way, resets it. So a bucket whose answer keeps being the same (a drafter that never pays at this load) pays
-  for probes ever more rarely, and one whose answer may be changing probes often again.
+  `min_samples` pairs, which then count as one sample (they come from one stretch of steps against one reference
+  window: at the start of a wave of requests they measured 1.21 where the gain a few probes later was 1.0). Afterwards the state not in use is probed for `probe_len` steps whenever `probe_every` steps
+  have passed while the decision is *unsettled* (its gain within `z` standard errors, plus the hysteresis band, of
+  the threshold: the spread of the recent samples, at least `min_spread`, over the square root of their effective
+  number; exploration's sample alone never settles it), and at intervals doubling up to `probe_every × max_backoff` while it is settled. So a bucket whose
+  answer is clear (a drafter that never pays at this load, or one that pays twice over) pays for probes ever more
+  rarely, and one near break-even keeps measuring: there a probe costs little (the two states are close) and a
+  wrong decision is what loses. A probe whose sample points the other way also brings the interval back.
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts
   cost more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts
   with drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either
@@ -32,7 +40,8 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   finished together (measured at 16 requests on a CPU: per-step rates within 3% of each other, end-to-end 7–10%
   behind the target alone), and its own variance. So at a tie the target alone wins.
 - Hysteresis: the state switches only when the gain passes that threshold by a factor (1 + `hysteresis`) either
-  way; the end of exploration compares it with the threshold itself.
+  way, on at least two samples' worth of evidence (effective number >= 2: one noisy probe only brings the next
+  ones sooner); the end of exploration compares it with the threshold itself.
 - Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
   not used.
 - `rates()` also keeps, for reports, each state's exponentially forgotten tokens / seconds (about `memory` steps).
@@ -86,7 +95,8 @@ class _Bucket:
     in_use: collections.deque = field(default_factory=collections.deque)  # (tokens, seconds), last pair_window
     last_state: bool | None = None  # state of the last observed step
     last_seen: int = 0  # the gate's observation count at this bucket's last step
-    log_gain: float = 0.0  # running mean of paired log(drafting rate / target-alone rate)
+    steps: int = 0  # observations used at this bucket (the clock samples age by)
+    samples: collections.deque = field(default_factory=collections.deque)  # (steps, log gain), last pair_memory
     pairs: int = 0
 
 
@@ -102,9 +112,10 @@ class GateStats:
 
 
 class DraftGate:
-    def __init__(self, *, min_samples: int = 4, probe_every: int = 32, max_backoff: int = 16, probe_len: int = 2,
+    def __init__(self, *, min_samples: int = 4, probe_every: int = 16, max_backoff: int = 16, probe_len: int = 2,
                  min_gain: float = 0.05, hysteresis: float = 0.03, pair_window: int = 4, pair_memory: int = 16,
-                 memory: float = 64.0, max_ratio: float = 4.0):
+                 half_life: float = 32.0, z: float = 2.0, min_spread: float = 0.05, memory: float = 64.0,
+                 max_ratio: float = 4.0):
         if min_samples < 1 or max_backoff < 1 or not 2 <= probe_len < probe_every:
             raise ValueError(f"draft gate: need min_samples >= 1, max_backoff >= 1 and 2 <= probe_len < probe_every, "
                              f"got {min_samples}, {max_backoff}, {probe_len}, {probe_every}")
@@ -114,11 +125,17 @@ class DraftGate:
         if not (0 <= hysteresis < 1) or not (0 <= min_gain < 1) or memory < 1 or max_ratio <= 1:
             raise ValueError(f"draft gate: need 0 <= hysteresis < 1, 0 <= min_gain < 1, memory >= 1, max_ratio > 1, "
                              f"got {hysteresis}, {min_gain}, {memory}, {max_ratio}")
+        if not half_life > 0 or z < 0 or min_spread < 0:
+            raise ValueError(f"draft gate: need half_life > 0, z >= 0 and min_spread >= 0, got {half_life}, {z}, "
+                             f"{min_spread}")
         self.probe_len = probe_len
         self.threshold = math.log1p(min_gain)  # log gain drafting must show
         self.band = math.log1p(hysteresis)
         self.pair_window = pair_window
         self.pair_memory = pair_memory
+        self.half_life = float(half_life)
+        self.z = z
+        self.min_spread = min_spread
         self.min_samples = min_samples
         self.probe_every = probe_every
         self.max_probe_every = probe_every * max_backoff
@@ -133,7 +150,8 @@ class DraftGate:
         if key not in self.buckets:
             prior = self._prior(key)
             self.buckets[key] = _Bucket(probe_interval=self.probe_every, drafting=prior is not False,
-                                        exploring=prior is None, in_use=collections.deque(maxlen=self.pair_window))
+                                        exploring=prior is None, in_use=collections.deque(maxlen=self.pair_window),
+                                        samples=collections.deque(maxlen=self.pair_memory))
             self.stats.inherited += prior is not None
         return self.buckets[key]
 
@@ -155,14 +173,20 @@ class DraftGate:
         else:
             if b.exploring:  # exploration over: the gain against the threshold, no hysteresis
                 b.exploring = False
-                self._switch_if(b, b.drafting != (b.log_gain > self.threshold))
+                self._switch_if(b, b.drafting != (self._log_gain(b)[0] > self.threshold))
+                # its samples shared one stretch of steps (and one reference window): one sample's worth
+                at, _ = b.samples[-1]
+                mean = self._log_gain(b)[0]
+                b.samples.clear()
+                b.samples.append((at, mean))
             elif b.probe_left == 0:
                 self._maybe_switch(b)
             if b.probe_left == 0:
                 b.since_probe += 1
-                if b.since_probe >= b.probe_interval:  # the state in use held since the last switch: back off
+                if b.since_probe >= b.probe_interval:
                     b.since_probe = 0
-                    b.probe_interval = min(2 * b.probe_interval, self.max_probe_every)
+                    b.probe_interval = (min(2 * b.probe_interval, self.max_probe_every) if self._settled(b)
+                                        else self.probe_every)
                     b.probe_left = self.probe_len
             probe = b.probe_left > 0
             b.probe_left -= probe
@@ -178,9 +202,31 @@ class DraftGate:
             return log_gain < self.threshold - self.band
         return log_gain > self.threshold + self.band
 
+    def _log_gain(self, b: _Bucket) -> tuple[float, float, float]:
+        """(weighted mean of the recent paired log gains, its standard error, the samples' effective number);
+        (0, inf, 0) before any."""
+        if not b.samples:
+            return 0.0, math.inf, 0.0
+        w = [0.5 ** ((b.steps - at) / self.half_life) for at, _ in b.samples]
+        total = sum(w)
+        mean = sum(wi * x for wi, (_, x) in zip(w, b.samples)) / total
+        spread = math.sqrt(sum(wi * (x - mean) ** 2 for wi, (_, x) in zip(w, b.samples)) / total)
+        n_eff = total * total / sum(wi * wi for wi in w)
+        return mean, max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
+
+    def _settled(self, b: _Bucket) -> bool:
+        """Whether the recent samples put the gain clearly on the side of the threshold its state is on."""
+        mean, err, _ = self._log_gain(b)
+        margin = self.band + self.z * err
+        if len(b.samples) < 2:  # exploration's one sample alone never settles it
+            return False
+        return mean > self.threshold + margin if b.drafting else mean < self.threshold - margin
+
     def _maybe_switch(self, b: _Bucket) -> None:
-        if b.pairs:  # a state inherited from another load holds until measured here
-            self._switch_if(b, self._says_switch(b, b.log_gain))
+        """Switch when the recent gain lies beyond the band, on the evidence of two samples at least: one noisy
+        probe only brings the next ones sooner (an inherited state, none yet, holds until measured here)."""
+        mean, _, n_eff = self._log_gain(b)
+        self._switch_if(b, n_eff >= 2 - 1e-9 and self._says_switch(b, mean))
 
     def _switch_if(self, b: _Bucket, switch: bool) -> None:
         if switch:
@@ -203,6 +249,7 @@ class DraftGate:
         recent.append(seconds)
         (b.on if drafted else b.off).add(float(tokens), float(seconds), self.decay)
         self.stats.observations += 1
+        b.steps += 1
         if self.stats.observations - b.last_seen > 2 * self.pair_window:  # the load was elsewhere: nothing recent
             b.in_use.clear()
             b.last_state = None
@@ -217,7 +264,7 @@ class DraftGate:
             sample = math.log(tokens / seconds / ref)
             sample = sample if drafted else -sample
             b.pairs += 1
-            b.log_gain += (sample - b.log_gain) / min(b.pairs, self.pair_memory)
+            b.samples.append((b.steps, sample))
             if self._says_switch(b, sample):
                 b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
@@ -225,7 +272,7 @@ class DraftGate:
     def gain(self, num_requests: int) -> float | None:
         """Measured tokens/s drafting over tokens/s without, at this load's bucket (None before any pair)."""
         b = self.buckets.get(load_bucket(num_requests))
-        return None if b is None or b.pairs == 0 else math.exp(b.log_gain)
+        return None if b is None or b.pairs == 0 else math.exp(self._log_gain(b)[0])
 
     def rates(self, num_requests: int) -> tuple[float, float]:
         """(tokens/s drafting, tokens/s not drafting) measured at this load's bucket (0 where unmeasured)."""
