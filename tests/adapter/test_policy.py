@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
+from vllm_dspark.scheduling.gate import DraftGate
 from vllm_dspark.scheduling.cost import CostTable
 
 GAMMA = 4
@@ -137,3 +138,23 @@ def test_draft_depth_follows_the_longest_recent_length_per_load():
         policy.lengths(np.full((16, gamma), 0.8))
     assert policy.draft_depth(16) == 2
     assert VerifyLengthPolicy("static", gamma).draft_depth(16) == gamma
+
+
+def test_predicted_gain_of_drafting_at_a_load_not_met_yet():
+    """Expected tokens/s drafting over the target alone's, computed by hand: step 10 ms + 1 ms per verified token,
+    c = 0.8 everywhere, a 2 ms draft round measured at 1 request (not scaled up at 4)."""
+    policy = VerifyLengthPolicy("confidence", GAMMA, linear_table(), gate=DraftGate())
+    assert policy.gate.predict == policy.predicted_gain  # wired for the gate's first visit to a load
+    assert policy.predicted_gain(4) is None  # no confidences yet
+    policy.lengths(np.full((1, GAMMA), 0.8))
+    assert policy.predicted_gain(4) is None  # nor a draft round's time
+    policy.observe_draft(1, 2e-3)
+    # R = 4, every request verifying L drafts: Theta(L) = 4 (1 + sum_{k<=L} 0.8^k) / (14 + 4L + 2) ms^-1:
+    # L = 2: 0.4098, 3: 0.4217; a first 4th draft gives 12.2176 / 29 = 0.4213: the greedy stops at L = 3
+    theta = 4 * (1 + 0.8 + 0.64 + 0.512) / 28
+    assert policy.predicted_gain(4) == pytest.approx(theta / (4 / 14), rel=1e-6)
+    # step 10 ms + 20 ms per token (compute-bound): no draft pays, the round is pure cost
+    steep = VerifyLengthPolicy("confidence", GAMMA, linear_table(b=20e-3))
+    steep.lengths(np.full((1, GAMMA), 0.8))
+    steep.observe_draft(1, 2e-3)
+    assert steep.predicted_gain(4) == pytest.approx((4 / 92) / (4 / 90), rel=1e-6)  # 0.978: below 1

@@ -207,3 +207,22 @@ def test_one_noisy_probe_does_not_switch():
     assert b.probe_interval == 8 and gate.should_draft(4) and b.drafting
     run_engine(gate, 4, 100, rate_on=130.0, rate_off=100.0)
     assert b.drafting and gate.stats.switches == 0
+
+
+def test_a_load_the_cost_model_says_cannot_pay_starts_off_and_probes():
+    """With no neighbouring load to go by, a prediction below 1 + min_gain starts the load with drafting off (no
+    exploration); probes still measure it, and switch drafting on where the prediction was wrong."""
+    asked = []
+
+    def predict(num_requests):
+        asked.append(num_requests)
+        return {1: None, 8: 0.97, 16: 1.4}.get(load_bucket(num_requests))
+
+    gate = DraftGate(min_samples=4, probe_every=16, predict=predict)
+    assert run_engine(gate, 1, 10, rate_on=150.0, rate_off=100.0)[:5] == [True] * 5  # nothing predicted: explores
+    off = run_engine(gate, 8, 16, rate_on=150.0, rate_off=100.0)
+    assert not any(off[:15]) and gate.stats.predicted_off == 1 and not gate.buckets[8].exploring
+    run_engine(gate, 8, 80, rate_on=150.0, rate_off=100.0)  # the prediction was wrong: probes find 1.5
+    assert gate.buckets[8].drafting and gate.stats.switches == 1
+    assert run_engine(gate, 16, 10, rate_on=90.0, rate_off=100.0)[:5] == [True] * 5  # a predicted gain explores
+    assert asked == [1, 8, 16] and gate.stats.predicted_off == 1  # asked once per load, on its first visit

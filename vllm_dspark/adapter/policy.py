@@ -18,6 +18,8 @@ cost of a whole engine step, verification (the table) plus that round, since the
 to draft at all at the current load is the `gate`'s decision (scheduling/gate.py; modes confidence and sla), and
 how deep the sequential head walks is `draft_depth`'s: one slot past the longest length decided lately at that
 load, so the round does not draw tokens (each one an LM-head row and a sequential step) nobody will verify.
+At a load the gate meets for the first time it asks `predicted_gain`: what this admission expects drafting to gain
+there over the target alone, from the last confidences, the table and the draft cost measured at a smaller load.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vllm_dspark.scheduling.admission import SERVING_MODES, verify_lengths
+from vllm_dspark.scheduling.admission import (SERVING_MODES, admit_throughput, expected_throughput,
+                                              survival_from_confidence, verify_lengths)
 from vllm_dspark.scheduling.cost import CostTable
 from vllm_dspark.scheduling.gate import DraftGate, load_bucket
 
@@ -73,11 +76,14 @@ class VerifyLengthPolicy:
         self.max_ratio = max_ratio
         self.stats = PolicyStats()
         self.gate = gate if mode != "static" else None  # static verifies (so drafts) everything
+        if self.gate is not None and self.gate.predict is None:
+            self.gate.predict = self.predicted_gain  # the gate asks it at a load it meets for the first time
         self._draft_decay = 1.0 - 1.0 / draft_memory
         self._draft_seconds: dict[int, tuple[float, float]] = {}  # load bucket -> forgotten sums (seconds, rounds)
         self.on_decision: Callable[[PolicyStats], None] | None = None  # called after each `lengths` (metrics)
         self._depth_window = depth_window
         self._longest: dict[int, collections.deque] = {}  # load bucket -> longest length of each recent decision
+        self._recent_conf: np.ndarray | None = None  # [R, γ] confidences of the last decision (predicted_gain)
 
     def lengths(self, confidence: np.ndarray, max_len: np.ndarray | None = None) -> np.ndarray:
         """confidence [R, γ] calibrated, max_len [R] (default γ) -> lengths [R] int64 (a prefix of each draft)."""
@@ -90,7 +96,9 @@ class VerifyLengthPolicy:
             raise RuntimeError(f"mode {self.mode!r} has no cost table yet (profiling did not run)")
         else:
             cost = StepCost(self.table, self.draft_seconds(num_req))
-            adm = verify_lengths(np.clip(conf, 0.0, 1.0), max_len, cost, self.mode, self.sla_tokens_per_user)
+            conf = np.clip(conf, 0.0, 1.0)
+            self._recent_conf = conf
+            adm = verify_lengths(conf, max_len, cost, self.mode, self.sla_tokens_per_user)
             out, used = adm.lengths, adm.mode
             longest = self._longest.setdefault(load_bucket(num_req), collections.deque(maxlen=self._depth_window))
             longest.append(int(out.max()))
@@ -102,6 +110,25 @@ class VerifyLengthPolicy:
         if self.on_decision is not None:
             self.on_decision(self.stats)
         return out
+
+    def predicted_gain(self, num_requests: int) -> float | None:
+        """Expected tokens/s drafting over the target alone's at this load, before drafting there: the paper's
+        admission run on the last decision's confidences (rows repeated to `num_requests`), the cost table for
+        verification and the target alone, and the draft round's time measured at the nearest smaller load, not
+        scaled up (a round costs at least that here, so the prediction errs towards drafting). None without a
+        table, confidences or a smaller load's draft time."""
+        if self.table is None or self._recent_conf is None or num_requests < 1:
+            return None
+        key = load_bucket(num_requests)
+        smaller = [k for k in self._draft_seconds if k <= key]
+        if not smaller:
+            return None
+        total, n = self._draft_seconds[max(smaller)]
+        cost = StepCost(self.table, total / n)
+        conf = np.resize(self._recent_conf, (num_requests, self._recent_conf.shape[1]))
+        max_len = np.full(num_requests, conf.shape[1], dtype=np.int64)
+        drafting = expected_throughput(survival_from_confidence(conf), admit_throughput(conf, max_len, cost), cost)
+        return drafting * float(self.table.step_time(num_requests)) / num_requests
 
     def draft_depth(self, num_requests: int) -> int:
         """Slots the next round's sequential head should draft at this load: one past the longest length decided in

@@ -33,7 +33,13 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   cost more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts
   with drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either
   skips its exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at
-  every load the traffic passes through.) Conflicting evidence, or none, means exploring.
+  every load the traffic passes through.) Conflicting evidence, or none, means asking the cost model.
+- What the cost model predicts: with no neighbour to go by, `predict(R)` (the adapter's: the verification policy
+  run on recent confidences at R requests, the cost table, and the draft round's cost measured at a smaller load,
+  a lower bound here, so the prediction is optimistic) gives drafting's expected gain over the target alone. Below
+  1 + `min_gain` the bucket starts with drafting off and only probes: a load where drafting cannot pay even on
+  optimistic costs does not pay for an exploration (a short burst at 8 or 16 requests is over before one ends).
+  Where it predicts a gain, or nothing (no confidences or no draft time yet), the bucket explores.
 - Drafting must pay clearly: the bucket drafts only while the gain exceeds 1 + `min_gain`. Near break-even, a
   step that drafts generates as much as one that does not, but drafting has costs the per-step rate cannot see:
   requests that finish at different steps leave a tail of small, inefficient batches where they would have
@@ -55,6 +61,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["DraftGate", "GateStats", "load_bucket"]
@@ -107,6 +114,7 @@ class GateStats:
     probe_steps: int = 0  # decisions that sampled the state not in use (exploration included)
     switches: int = 0  # changes of a bucket's state in use
     inherited: int = 0  # buckets that started from a neighbouring load's decision instead of exploring
+    predicted_off: int = 0  # buckets that started with drafting off on the cost model's prediction
     observations: int = 0
     rejected_observations: int = 0
 
@@ -115,7 +123,7 @@ class DraftGate:
     def __init__(self, *, min_samples: int = 4, probe_every: int = 16, max_backoff: int = 16, probe_len: int = 2,
                  min_gain: float = 0.05, hysteresis: float = 0.03, pair_window: int = 4, pair_memory: int = 16,
                  half_life: float = 32.0, z: float = 2.0, min_spread: float = 0.05, memory: float = 64.0,
-                 max_ratio: float = 4.0):
+                 max_ratio: float = 4.0, predict: Callable[[int], float | None] | None = None):
         if min_samples < 1 or max_backoff < 1 or not 2 <= probe_len < probe_every:
             raise ValueError(f"draft gate: need min_samples >= 1, max_backoff >= 1 and 2 <= probe_len < probe_every, "
                              f"got {min_samples}, {max_backoff}, {probe_len}, {probe_every}")
@@ -142,6 +150,7 @@ class DraftGate:
         self.hysteresis = hysteresis
         self.decay = 1.0 - 1.0 / memory
         self.max_ratio = max_ratio
+        self.predict = predict  # R -> predicted gain of drafting at R requests, or None
         self.buckets: dict[int, _Bucket] = {}
         self.stats = GateStats()
 
@@ -149,10 +158,15 @@ class DraftGate:
         key = load_bucket(num_requests)
         if key not in self.buckets:
             prior = self._prior(key)
+            self.stats.inherited += prior is not None
+            if prior is None and self.predict is not None:
+                predicted = self.predict(num_requests)
+                if predicted is not None and math.log(max(predicted, 1e-9)) < self.threshold:
+                    prior = False
+                    self.stats.predicted_off += 1
             self.buckets[key] = _Bucket(probe_interval=self.probe_every, drafting=prior is not False,
                                         exploring=prior is None, in_use=collections.deque(maxlen=self.pair_window),
                                         samples=collections.deque(maxlen=self.pair_memory))
-            self.stats.inherited += prior is not None
         return self.buckets[key]
 
     def _prior(self, key: int) -> bool | None:
