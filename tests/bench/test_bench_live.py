@@ -67,7 +67,10 @@ def serve_run(tmp_path_factory):
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("serve_run")
     cmd = [sys.executable, "-m", "vllm_dspark", "bench", "--serve", " ".join(BASE_ARGS), "--label", "nospec",
-           "--concurrency", "2", "1", "--num-prompts", "8", "--max-tokens", "32", "--warmup", "0", "--no-progress",
+           # The second point trickles 8 requests in at 0.5/s (~14 s, seeded), so the watcher has seconds to kill
+           # the server in it, not the ~1 s a closed-loop point of this tiny model lasts.
+           "--request-rate", "inf", "0.5", "--max-concurrency", "2", "--num-prompts", "8", "--max-tokens", "32",
+           "--warmup", "0", "--no-progress",
            "--no-plots", "--server-timeout", "300", "--server-env", "VLLM_PLUGINS=", "--out-dir", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed: dict = {}
@@ -208,9 +211,10 @@ def test_killed_server_of_a_serve_run_keeps_finished_points(serve_run):
     assert run["server"]["command"][-4:-2] == ["--port", run["url"].rsplit(":", 1)[1]]
     assert Path(run["server"]["log"]).stat().st_size > 0 and run["server"]["env"] == SERVER_ENV
     (point,) = run["points"]  # the finished point is kept, the interrupted one is not
-    assert point["load"]["concurrency"] == 2 and point["completed"] == 8 and point["output_tokens"] == 8 * 32
+    assert point["load"] == {"concurrency": 2, "request_rate": "inf"}
+    assert point["completed"] == 8 and point["output_tokens"] == 8 * 32
     assert point["spec_decode"] is None  # no speculation configured
-    assert "ServerDied" in run["error"] and "c=1" in run["error"]
+    assert "ServerDied" in run["error"] and "rate=0.5,c<=2" in run["error"]
     assert doc["error"].startswith("run 'nospec' failed after 1 points") and doc["finished_utc"]
     with pytest.raises(ProcessLookupError):
         os.killpg(run["server"]["pid"], 0)  # nothing of the server's process group is left
