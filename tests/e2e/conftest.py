@@ -135,12 +135,27 @@ def e2e_prompts(e2e_target) -> list[str]:
     return [r["prompt"][-600:] for r in rows[:MAX_NUM_SEQS]]
 
 
+TRAINED_DRAFTER = HERE.parents[1] / "examples" / "train_pycode" / "trained" / "dspark"
+
+
+def _drafter_fits(drafter: Path, target: Path) -> bool:
+    """Whether a drafter folder was made for this target (hidden size, vocabulary, number of target layers)."""
+    if not (drafter / "config.json").is_file():
+        return False
+    d, t = (json.loads((p / "config.json").read_text()) for p in (drafter, target))
+    return (d.get("hidden_size"), d.get("vocab_size"), d.get("num_target_layers")) == (
+        t.get("hidden_size"), t.get("vocab_size"), t.get("num_hidden_layers"))
+
+
 @pytest.fixture(scope="session")
 def e2e_drafter(e2e_target, tmp_path_factory) -> Path:
-    """$DSPARK_TEST_DRAFTER (e.g. a trained runs/pycode-cpu/dspark, block_size >= 4), else a bigram test drafter."""
+    """$DSPARK_TEST_DRAFTER (a folder, block_size >= 4; `bigram` for the bigram test drafter), else the repository's
+    trained DSpark drafter where it fits the target (pycode-23m), else a bigram test drafter (the tiny target)."""
     given = os.environ.get("DSPARK_TEST_DRAFTER")
-    if given:
+    if given and given != "bigram":
         return Path(given)
+    if not given and _drafter_fits(TRAINED_DRAFTER, e2e_target):
+        return TRAINED_DRAFTER
     docs = corpus_token_ids(e2e_target)
     if not docs:  # tiny random target: bigrams of its own greedy continuations
         from transformers import AutoTokenizer

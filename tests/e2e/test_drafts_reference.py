@@ -26,7 +26,9 @@ def test_drafts_after_rounds_without_drafts_equal_reference(servers, e2e_prompts
     was all written, in order, before they ran."""
     server, dump = servers.get("dynamic"), servers.dumps["dynamic"]
     offset = dump.stat().st_size if dump.exists() else 0
-    limits = [8 + 2 * i for i in range(len(e2e_prompts))]  # requests finish one by one: γ 0, then 2, then 4
+    # requests finish one by one (γ 0, then 2, then 4), the first only after every prompt's prefill: with a drafter
+    # that accepts well, a request 8 tokens long would finish before the last prompt is in and 16 never run together
+    limits = [24 + 2 * i for i in range(len(e2e_prompts))]
     out = completions(server, e2e_prompts, max_tokens=limits, ignore_eos=True, with_prompt_ids=True,
                       temperature=0.0)
     sequences = {tuple(p): p + g for p, g in out}
