@@ -135,17 +135,7 @@ else
   echo "MISSING drafter $DRAFTERS/dspark: vllm-dspark configs left out" | tee -a "$OUT/machine.txt"
 fi
 
-if [ "$PROMPT_CHARS" != 0 ]; then  # the last PROMPT_CHARS characters of each prompt (decode-dominated points)
-  $PYTHON - "$PROMPTS" "$OUT/prompts.jsonl" "$PROMPT_CHARS" <<'EOF'
-import json, sys
-src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [json.loads(line) for line in open(src) if line.strip()]
-with open(dst, "w") as f:
-    for r in rows:
-        f.write(json.dumps({"prompt": r["prompt"][-n:]}) + "\n")
-EOF
-  PROMPTS=$OUT/prompts.jsonl
-fi
+cut_prompts  # the last PROMPT_CHARS characters of each prompt (decode-dominated points)
 SERVER_ENV=(--server-env "VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB")
 [ -n "$LD_PRELOAD_LIB" ] && SERVER_ENV+=(--server-env "LD_PRELOAD=$LD_PRELOAD_LIB")
 # shellcheck disable=SC2086  # CONCURRENCY and SLA are word lists

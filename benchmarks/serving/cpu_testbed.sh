@@ -52,18 +52,41 @@ use_testbed() {
   TARGET=$(cd "$TESTBED/target" && pwd)
 }
 
+max_concurrency() { echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1; }
+
+# profile_table DRAFTER GAMMA OUT_DIR: the served engine's cost table with DRAFTER (`vllm-dspark profile`,
+# OUT_DIR/cost_table.json) for up to the largest of CONCURRENCY requests; the DSpark servers then skip their own
+# start-up profile.
+profile_table() {
+  # shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
+  VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$1" \
+    --out "$3/cost_table.json" --num-speculative-tokens "$2" $ENGINE_ARGS --max-num-seqs "$(max_concurrency)" >&2
+}
+
 # batch_schedule DRAFTER EVAL GAMMA OUT_DIR: profile the served engine with DRAFTER (`vllm-dspark profile`,
 # OUT_DIR/cost_table.json) for up to the largest of CONCURRENCY requests, pick γ for each number of running requests
 # from that table and the drafter's measured T = 0 acceptance per position (`vllm-dspark schedule --eval EVAL`,
 # OUT_DIR/schedule.json) and print the schedule as the JSON value of `num_speculative_tokens_per_batch_size`.
 batch_schedule() {
-  local max_batch
-  max_batch=$(echo $CONCURRENCY | tr ' ' '\n' | sort -n | tail -1)
-  # shellcheck disable=SC2086  # ENGINE_ARGS is a flag list
-  VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB $PYTHON -m vllm_dspark profile --model "$TARGET" --drafter "$1" \
-    --out "$4/cost_table.json" --num-speculative-tokens "$3" $ENGINE_ARGS --max-num-seqs "$max_batch" >&2 || return
+  profile_table "$1" "$3" "$4" || return
   $PYTHON -m vllm_dspark schedule --cost-table "$4/cost_table.json" --eval "$2" --gamma "$3" \
-    --max-batch "$max_batch" --json "$4/schedule.json" >&2 || return
+    --max-batch "$(max_concurrency)" --json "$4/schedule.json" >&2 || return
   $PYTHON -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['num_speculative_tokens_per_batch_size']))" \
     "$4/schedule.json"
+}
+
+# cut_prompts: unless PROMPT_CHARS is 0, write the last PROMPT_CHARS characters of each of PROMPTS to
+# $OUT/prompts.jsonl and point PROMPTS there (decode-dominated points: whole files cost minutes of prefill per point
+# at concurrency >= 4 on a CPU).
+cut_prompts() {
+  [ "$PROMPT_CHARS" = 0 ] && return 0
+  $PYTHON - "$PROMPTS" "$OUT/prompts.jsonl" "$PROMPT_CHARS" <<'EOF'
+import json, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [json.loads(line) for line in open(src) if line.strip()]
+with open(dst, "w") as f:
+    for r in rows:
+        f.write(json.dumps({"prompt": r["prompt"][-n:]}) + "\n")
+EOF
+  PROMPTS=$OUT/prompts.jsonl
 }

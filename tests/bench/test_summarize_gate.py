@@ -1,0 +1,47 @@
+"""benchmarks/serving/summarize_gate.py: ratios against the mean of the two no-spec runs, gate share, identity."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.serving import summarize_gate
+
+
+def _point(c: int, tput: float, digests: list[str], metrics: dict | None = None) -> dict:
+    return {"load": {"concurrency": c, "request_rate": None}, "output_throughput": tput, "server_metrics": metrics,
+            "requests": [{"prompt_index": i, "output_sha256": d} for i, d in enumerate(digests)]}
+
+
+def test_each_config_against_the_mean_of_both_no_spec_runs():
+    a, b = "a" * 16, "b" * 16
+    doc = {"runs": [
+        {"label": "nospec", "points": [_point(1, 10.0, [a, b]), _point(16, 100.0, [a, b])]},
+        {"label": "dspark-confidence", "points": [
+            _point(1, 15.0, [a, b], {"dspark:length_decisions_total": 200, "dspark:draft_off_steps_total": 10}),
+            _point(16, 98.0, [a, a], {"dspark:length_decisions_total": 10, "dspark:draft_off_steps_total": 90})]},
+        {"label": "nospec-again", "points": [_point(1, 12.0, [a, b]), _point(16, 104.0, [a, b])]},
+    ]}
+    text, table = summarize_gate.summarize(doc)
+    c1, c16 = table["loads"][1], table["loads"][16]
+    assert c1["drift"] == pytest.approx(1.2) and c16["drift"] == pytest.approx(1.04)
+    assert c1["configs"]["dspark-confidence"]["ratio"] == pytest.approx(15 / 11)
+    assert c16["configs"]["dspark-confidence"]["ratio"] == pytest.approx(98 / 102)  # not 98 / 100: both runs count
+    assert c16["configs"]["dspark-confidence"]["gate_off_share"] == pytest.approx(0.9)
+    assert table["worst"]["dspark-confidence"] == {"ratio": pytest.approx(98 / 102), "concurrency": 16}
+    assert "dspark-confidence: lowest 0.961× no-spec (c = 16): never lose (≥ 0.97×) MISS by 0.9%" in text
+    assert (table["greedy_identical"], table["greedy_compared"]) == (3, 4)  # c = 16's second request differs
+
+
+def test_a_run_without_a_reference_is_refused():
+    with pytest.raises(SystemExit, match="no reference run"):
+        summarize_gate.summarize({"runs": [{"label": "dspark-sla", "points": [_point(1, 5.0, [])]}]})
+
+
+def test_drain_is_the_time_after_fewer_than_c_requests_are_left():
+    # c = 2, four requests: the third to finish (at 9 s) leaves one in flight until the last ends at 10 s
+    reqs = [{"start_s": s, "latency_s": e - s} for s, e in [(0, 4), (0, 5), (4, 9), (5, 10)]]
+    point = {"load": {"concurrency": 2, "request_rate": None}, "requests": reqs}
+    assert summarize_gate.drain_share(point) == pytest.approx(1 / 10)
+    lockstep = [{"start_s": s, "latency_s": 5.0} for s in (0, 0, 5, 5)]
+    assert summarize_gate.drain_share(dict(point, requests=lockstep)) == 0
+    assert summarize_gate.drain_share(dict(point, requests=reqs[:2])) == pytest.approx(1 / 5)  # one wave
+    assert summarize_gate.drain_share(dict(point, requests=reqs[:1])) is None  # never c in flight
