@@ -14,7 +14,8 @@
 # Overridable: TARGET, DRAFTER (a DSpark drafter folder for the small target; default the repository's,
 # examples/train_pycode/trained/dspark), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (cpu_testbed.sh),
 # OUT (default runs/gate-cpu), CONCURRENCY (default 1 4 8 16), NUM_PROMPTS (32), MAX_TOKENS (64), PROMPT_CHARS (300),
-# GAMMA (7), SLA, SLA_FLOOR, PYTHON, DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
+# MIN_TOKENS (unset: every request MAX_TOKENS long; set: each prompt's length drawn from [MIN_TOKENS, MAX_TOKENS], the
+# bench's --min-tokens), GAMMA (7), SLA, SLA_FLOOR, PYTHON, DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
 # Outputs (git-ignored): $OUT/results.json, $OUT/summary.md and gate.json (summarize_gate.py: ratios, the gate's
 # share of rounds off, each point's drain), $OUT/near_ties.{md,json} (is each greedy output that differs from
 # nospec's a bf16 near-tie of the target?), $OUT/machine.txt, $OUT/cost_table.json.
@@ -35,6 +36,8 @@ MAX_TOKENS=${MAX_TOKENS:-64}
 PROMPT_CHARS=${PROMPT_CHARS:-300}
 GAMMA=${GAMMA:-7}
 DSPARK_EXTRA=${DSPARK_EXTRA:-}
+LENGTHS=(--max-tokens "$MAX_TOKENS")
+[ -n "${MIN_TOKENS:-}" ] && LENGTHS+=(--min-tokens "$MIN_TOKENS")
 
 mkdir -p "$OUT"
 { echo "start $(date -u +%FT%TZ): $(uptime)"; cpu_line; echo "INFLATE=$INFLATE; small target $TARGET, drafter $DRAFTER"; } \
@@ -53,7 +56,7 @@ $PYTHON benchmarks/throughput_vs_sla.py \
   --config "dspark-confidence=$(spec '"mode": "confidence"')" \
   --config "dspark-sla=$(spec "\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR")" \
   --config "nospec-again=" \
-  --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" --max-tokens "$MAX_TOKENS" \
+  --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" "${LENGTHS[@]}" \
   --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress --no-plots --metrics-prefix dspark: \
   --keep-token-ids || status=$?
 echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"
@@ -64,4 +67,4 @@ $PYTHON "$HERE/near_ties.py" "$OUT/results.json" --target "$TARGET" --json "$OUT
 echo "near-ties: $(head -n 1 "$OUT/near_ties.md") (see $OUT/near_ties.md)" | tee -a "$OUT/summary.md"
 return "${status:-0}"
 }
-main "$@"
+main "$@"; exit $?  # on one line: bash reads no further, so the file may be edited while it runs

@@ -29,12 +29,25 @@ def test_keep_token_ids_reaches_the_request_settings(flags, keep):
     assert settings.keep_token_ids is keep and settings.model == "m"
 
 
+def test_min_tokens_draws_each_prompts_length_once_for_every_config_and_load():
+    settings = bench_cli.sampling_settings(_parse(["--url", "http://x", "--max-tokens", "96", "--min-tokens", "32"]),
+                                           "m")
+    lengths = [settings.max_tokens_for(i) for i in range(200)]
+    assert all(32 <= n <= 96 for n in lengths) and len(set(lengths)) > 30  # spread over the range
+    again = bench_cli.sampling_settings(_parse(["--url", "http://y", "--max-tokens", "96", "--min-tokens", "32",
+                                                "--seed", "5"]), "other")
+    assert [again.max_tokens_for(i) for i in range(200)] == lengths  # by prompt index alone
+    fixed = bench_cli.sampling_settings(_parse(["--url", "http://x", "--max-tokens", "96"]), "m")
+    assert {fixed.max_tokens_for(i) for i in range(20)} == {96}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--url", "http://x", "--serve", "--model m"], "--url cannot be combined"),
     ([], "give --url, --serve or --config"),
     (["--url", "http://x", "--concurrency", "1", "--request-rate", "2"], "exclusive"),
     (["--url", "http://x", "--concurrency", "0"], "--concurrency values must be >= 1"),
     (["--url", "http://x", "--num-prompts", "0"], "--num-prompts must be >= 1"),
+    (["--url", "http://x", "--max-tokens", "8", "--min-tokens", "9"], "--min-tokens must be in [1, --max-tokens = 8]"),
     (["--serve", "--model m", "--config", "a=", "--config", "a=--x"], "--config names must be unique"),
 ])
 def test_inconsistent_arguments_are_refused_by_name(argv, message, capsys):

@@ -10,7 +10,7 @@ import math
 import aiohttp
 import pytest
 
-from vllm_dspark.bench.client import SamplingSettings, stream_request
+from vllm_dspark.bench.client import SamplingSettings, build_payload, stream_request
 from vllm_dspark.bench.prompts import Prompt
 from vllm_dspark.bench.sweep import LoadPoint
 
@@ -127,6 +127,15 @@ def test_keep_token_ids_asks_for_them_and_keeps_them(endpoint, events):
     assert summary["ok"] and summary["output_tokens"] == 3
     assert summary["prompt_token_ids"] == [1, 2, 3]
     assert summary["output_token_ids"] == [11, 12, 13]  # 2 + 1 ids over the two chunks, in order
+
+
+def test_a_request_asks_for_its_prompts_own_length():
+    settings = SamplingSettings(model="m", max_tokens=64, min_tokens=16)
+    body = build_payload(settings, Prompt(index=7, text="x"))
+    assert body["max_tokens"] == settings.max_tokens_for(7) and 16 <= body["max_tokens"] <= 64
+    assert build_payload(SamplingSettings(model="m", max_tokens=64), Prompt(index=7, text="x"))["max_tokens"] == 64
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingSettings(model="m", max_tokens=8, min_tokens=0)
 
 
 def test_without_keep_token_ids_requests_and_summaries_are_unchanged():

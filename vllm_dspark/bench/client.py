@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ class SamplingSettings:
     seed: int | None = None  # request i gets seed + prompt index, so sampled runs repeat
     extra_body: dict[str, Any] = field(default_factory=dict)
     keep_token_ids: bool = False  # ask for `return_token_ids`, keep prompt and output token ids per request
+    min_tokens: int | None = None  # set: each prompt's max_tokens is drawn from [min_tokens, max_tokens]
 
     def __post_init__(self):
         if self.endpoint not in ENDPOINTS:
@@ -52,13 +54,24 @@ class SamplingSettings:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.min_tokens is not None and not 1 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [1, max_tokens = {self.max_tokens}], got {self.min_tokens}")
+
+    def max_tokens_for(self, prompt_index: int) -> int:
+        """The output length asked of this prompt: max_tokens, or with min_tokens a length drawn from
+        [min_tokens, max_tokens] by the prompt's index alone, so every configuration and load asks the same
+        prompt for the same length (outputs stay comparable) while requests in flight end at different steps,
+        as served traffic does."""
+        if self.min_tokens is None:
+            return self.max_tokens
+        return random.Random(f"max_tokens:{prompt_index}").randint(self.min_tokens, self.max_tokens)
 
 
 def build_payload(settings: SamplingSettings, prompt: Prompt) -> dict[str, Any]:
     """The JSON body for `prompt` (streaming, with per-chunk usage)."""
     body: dict[str, Any] = {
         "model": settings.model,
-        "max_tokens": settings.max_tokens,
+        "max_tokens": settings.max_tokens_for(prompt.index),
         "temperature": settings.temperature,
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},

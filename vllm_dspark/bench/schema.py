@@ -11,7 +11,7 @@ Speeds are tok/s per user, throughputs tok/s, times seconds; None (JSON null) ma
     machine: {hostname, platform, python, cpu, cpu_count, memory_gib, gpus: [str], packages: {name: version}}
     settings: {endpoint, max_tokens, temperature, top_p, ignore_eos, seed, num_prompts, prompts_source, warmup,
                loads: [{concurrency, request_rate}], sla: [float], speed_stat, metrics_prefixes, extra_body,
-               keep_token_ids}             keep_token_ids: absent in files from before the flag
+               keep_token_ids, min_tokens} keep_token_ids, min_tokens: absent in files from before the flags
     runs: [run]                            measured by this command, one per server configuration
     baselines: [{path, runs: [run]}]       earlier result files compared against (their request lists dropped)
     comparison: null | {reference, sla: [{sla, throughput: {label: t}, ratio: {label: t / t_ref}}],

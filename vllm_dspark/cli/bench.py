@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--prompts", help="JSONL of {'prompt': str} or {'prompt_token_ids': [int]} (default: built-in)")
     req.add_argument("--num-prompts", type=int, default=32, help="requests per load point")
     req.add_argument("--max-tokens", type=int, default=128)
+    req.add_argument("--min-tokens", type=int,
+                     help="draw each prompt's output length from [--min-tokens, --max-tokens] (the same for every "
+                          "config and load): requests in flight end at different steps, as served traffic does; "
+                          "default: all --max-tokens")
     req.add_argument("--temperature", type=float, default=0.0)
     req.add_argument("--top-p", type=float)
     req.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
@@ -113,6 +117,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.min_tokens is not None and not 1 <= args.min_tokens <= args.max_tokens:
+        raise ValueError(f"--min-tokens must be in [1, --max-tokens = {args.max_tokens}], got {args.min_tokens}")
     names = [n for n, _ in args.config]
     if len(set(names)) != len(names):
         raise ValueError(f"--config names must be unique, got {names}")
@@ -156,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out_dir or f"runs/bench-{stamp}")
     doc = report.new_document(list(sys.argv), {
-        "endpoint": args.endpoint, "max_tokens": args.max_tokens, "temperature": args.temperature,
+        "endpoint": args.endpoint, "max_tokens": args.max_tokens, "min_tokens": args.min_tokens,
+        "temperature": args.temperature,
         "top_p": args.top_p, "ignore_eos": args.ignore_eos, "seed": args.seed, "num_prompts": args.num_prompts,
         "prompts_source": args.prompts or "built-in", "warmup": args.warmup, "loads": [p.as_dict() for p in loads],
         "sla": args.sla, "speed_stat": args.speed_stat, "metrics_prefixes": list(prefixes),
@@ -191,7 +198,8 @@ def sampling_settings(args: argparse.Namespace, model: str):
 
     return SamplingSettings(model=model, max_tokens=args.max_tokens, endpoint=args.endpoint,
                             temperature=args.temperature, top_p=args.top_p, ignore_eos=args.ignore_eos,
-                            seed=args.seed, extra_body=args.extra_body, keep_token_ids=args.keep_token_ids)
+                            seed=args.seed, extra_body=args.extra_body, keep_token_ids=args.keep_token_ids,
+                            min_tokens=args.min_tokens)
 
 
 def _measure(args, label, server_args, doc, prompts, loads, options, out_dir, save) -> None:
