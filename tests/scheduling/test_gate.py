@@ -203,6 +203,26 @@ def test_noise_around_a_tie_does_not_turn_drafting_on():
     assert sum(decisions[200:]) <= 2 * 3800 / 16 + 2  # probes only
 
 
+def test_drafting_that_pays_unevenly_comes_back_on():
+    """At one request a drafting step's gain swings with its acceptance: here half the steps accept nothing (0.7x
+    the target alone's rate) and half accept a lot (4x): 1.19x the target alone's tokens/s over time. After a
+    stretch where drafting lost (off), it must come back on: the margin for turning on is a noise floor, not the
+    samples' spread, which at this load is content (a margin of two measured standard errors keeps it off)."""
+    gate = DraftGate(min_samples=4, probe_every=8, max_backoff=1)
+    run_engine(gate, 1, 200, rate_on=60.0, rate_off=100.0)
+    assert not gate.buckets[1].drafting
+    rng = random.Random(0)
+    decisions = []
+    for _ in range(600):
+        draft = gate.should_draft(1)
+        decisions.append(draft)
+        rate = rng.choice([70.0, 400.0]) if draft else 100.0
+        gate.observe(1, draft, 2 if draft else 1, (2 if draft else 1) / rate)
+    back_on = next(i for i in range(len(decisions) - 8) if all(decisions[i:i + 8]))
+    assert back_on <= 64, f"drafting back on only after {back_on} steps (8 probes)"
+    assert gate.buckets[1].drafting and sum(decisions[-200:]) >= 200 - 2 * 200 / 8
+
+
 def test_one_noisy_probe_does_not_switch():
     """A settled decision changes on two samples at least: one probe that points the other way only brings the
     next probes back to the base cadence."""

@@ -49,7 +49,7 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   way, on at least two samples' worth of evidence (effective number >= 2: one noisy probe only brings the next
   ones sooner). Asymmetric, as the threshold is: drafting goes off as soon as the gain's estimate falls below the
   band, but goes on (and stays on after exploration, which compares with the threshold itself) only where the
-  estimate less `z` standard errors clears it. Near a tie a few noisy probes average above the band often enough
+  estimate less `z` standard errors of a mean of samples with `min_spread` noise clears it. Near a tie a few noisy probes average above the band often enough
   to switch drafting on for stretches (measured at 16 requests on a CPU: drafting in 11–49% of the rounds at a
   per-step gain of 0.96–1.01), and each stretch puts requests out of step for the rest of their lives.
 - Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
@@ -191,8 +191,8 @@ class DraftGate:
         else:
             if b.exploring:  # exploration over: drafting if it clearly beats the threshold, no hysteresis
                 b.exploring = False
-                mean, err, _ = self._log_gain(b)
-                self._switch_if(b, b.drafting != (mean - self.z * err > self.threshold))
+                mean, _, n_eff = self._log_gain(b)
+                self._switch_if(b, b.drafting != (mean - self._on_margin(n_eff) > self.threshold))
                 # its samples shared one stretch of steps (and one reference window): one sample's worth
                 at, _ = b.samples[-1]
                 mean = self._log_gain(b)[0]
@@ -244,13 +244,20 @@ class DraftGate:
     def _maybe_switch(self, b: _Bucket) -> None:
         """Switch when the recent gain lies beyond the band, on the evidence of two samples at least: one noisy
         probe only brings the next ones sooner (an inherited state, none yet, holds until measured here). Drafting
-        goes on only when the gain less `z` standard errors lies beyond: noise around a tie must not turn it on
-        (drafting's costs that the per-step gain does not show come with it), while a gain below the band turns it
-        off at once."""
-        mean, err, n_eff = self._log_gain(b)
+        goes on only when the gain less `_on_margin` lies beyond: noise around a tie must not turn it on (drafting's
+        costs that the per-step gain does not show come with it), while a gain below the band turns it off at
+        once."""
+        mean, _, n_eff = self._log_gain(b)
         if not b.drafting:
-            mean -= self.z * err
+            mean -= self._on_margin(n_eff)
         self._switch_if(b, n_eff >= 2 - 1e-9 and self._says_switch(b, mean))
+
+    def _on_margin(self, n_eff: float) -> float:
+        """What the mean log gain must clear beyond the threshold to turn drafting on: `z` standard errors of a
+        mean of `n_eff` samples of per-sample noise `min_spread`. The floor, not the measured spread: at low load
+        the gain of single steps swings with each step's acceptance (spread ~0.5 at one request), which is
+        content, not noise about a tie, and a margin that large would keep drafting off where it pays 1.3×+."""
+        return self.z * self.min_spread / math.sqrt(max(n_eff, 1e-9))
 
     def _switch_if(self, b: _Bucket, switch: bool) -> None:
         if switch:
