@@ -2,15 +2,15 @@
 
     python benchmarks/serving/summarize_gate.py runs/gate-cpu/results.json [--json runs/gate-cpu/gate.json]
 
-Per concurrency: output tok/s of `nospec` and `nospec-again` (their ratio is the drift of the machine over the
-run), then each other config's tok/s, its ratio to the no-spec mean, and the share of its decided rounds that the
-draft gate left without drafts (`dspark:draft_off_steps_total` over it plus `dspark:length_decisions_total`, the
-rounds whose lengths the policy decided), and the point's drain: the share of its time after fewer than c
-requests are left in flight (the last requests finishing one by one). The target alone at a fixed output length
-finishes a wave of requests together and has no drain; a server that speculates finishes them out of step, so the
-end of a closed-loop point runs at a falling batch size. That is a property of the measurement (the longer the
-point, the smaller its share), not of the steady state, and this column shows how much of a ratio it explains. Below it: the
-never-lose verdict (>= 0.97x at every load) and whether greedy outputs equal no-spec's (`output_sha256`).
+Per concurrency: output tok/s of `nospec` and `nospec-again` (their ratio is the drift of the machine over the run),
+then each other config's tok/s, its ratio to the no-spec mean, and the share of its decided rounds that the draft gate
+left without drafts (`dspark:draft_off_steps_total` over it plus `dspark:length_decisions_total`, rounds whose lengths
+the policy decided), and the point's drain: the share of its time after fewer than c requests are left in flight (the
+last requests finishing one by one). The target alone at a fixed output length finishes a wave of requests together
+and has no drain; a server that speculates finishes them out of step, so the end of a closed-loop point runs at a
+falling batch size. That is a property of the measurement (the longer the point, the smaller its share), not of the
+steady state, and this column shows how much of a ratio it explains. Below it: the never-lose verdict (>= 0.97x at
+every load) and whether greedy outputs equal no-spec's (`output_sha256`).
 """
 from __future__ import annotations
 

@@ -9,51 +9,51 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
 
 - Buckets: R rounded up to a power of two (1, 2, 3-4, 5-8, ...): each load keeps its own estimates.
 - Estimates: paired, so that slow drift cancels. Every step gets slower as contexts grow, and acceptance moves with
-  content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare
-  the clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window`
-  steps of the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine
-  steps): one sample of log(drafting rate / target-alone rate). The first step after a change of state is not used:
-  it carries the change's own cost (the context K/V held back while drafting was off, written by the next drafting
-  round).
-- Recent samples count most. The gain is the mean of the last `pair_memory` samples, each weighted by
-  2^(-age / `half_life`), age in steps at that load: what drafting is worth changes within a request's life (early
-  tokens of a code completion are easier to draft than later ones), and a gain measured once at the start of a
-  wave of requests must not decide for the rest of it (measured at 16 requests on a CPU: 1.11 when the gate
-  explored, ~0.96 a hundred steps later, with no probes in between to see it).
-- Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds
-  `min_samples` pairs, which then count as one sample (they come from one stretch of steps against one reference
-  window: at the start of a wave of requests they measured 1.21 where the gain a few probes later was 1.0). Afterwards the state not in use is probed for `probe_len` steps whenever `probe_every` steps
-  have passed while the decision is *unsettled* (its gain within `z` standard errors, plus the hysteresis band, of
-  the threshold: the spread of the recent samples, at least `min_spread`, over the square root of their effective
-  number; exploration's sample alone never settles it), and at intervals doubling up to `probe_every × max_backoff` while it is settled. So a bucket whose
-  answer is clear (a drafter that never pays at this load, or one that pays twice over) pays for probes ever more
-  rarely, and one near break-even keeps measuring: there a probe costs little (the two states are close) and a
-  wrong decision is what loses. A probe whose sample points the other way also brings the interval back.
-- What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts
-  cost more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts
-  with drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either
-  skips its exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at
-  every load the traffic passes through.) Conflicting evidence, or none, means asking the cost model.
-- What the cost model predicts: with no neighbour to go by, `predict(R)` (the adapter's: the verification policy
-  run on recent confidences at R requests, the cost table, and the draft round's cost measured at a smaller load,
-  a lower bound here, so the prediction is optimistic) gives drafting's expected gain over the target alone. Below
-  1 + `min_gain` the bucket starts with drafting off and only probes: a load where drafting cannot pay even on
-  optimistic costs does not pay for an exploration (a short burst at 8 or 16 requests is over before one ends).
-  Where it predicts a gain, or nothing (no confidences or no draft time yet), the bucket explores.
-- Drafting must pay clearly: the bucket drafts only while the gain exceeds 1 + `min_gain`. Near break-even, a
-  step that drafts generates as much as one that does not, but drafting has costs the per-step rate cannot see:
-  requests that finish at different steps leave a tail of small, inefficient batches where they would have
-  finished together (measured at 16 requests on a CPU: per-step rates within 3% of each other, end-to-end 7–10%
-  behind the target alone), and its own variance. So at a tie the target alone wins.
-- Hysteresis: the state switches only when the gain passes that threshold by a factor (1 + `hysteresis`) either
-  way, on at least two samples' worth of evidence (effective number >= 2: one noisy probe only brings the next
-  ones sooner). Asymmetric, as the threshold is: drafting goes off as soon as the gain's estimate falls below the
-  band, but goes on (and stays on after exploration, which compares with the threshold itself) only where the
-  estimate less `z` standard errors of a mean of samples with `min_spread` noise clears it. Near a tie a few noisy probes average above the band often enough
-  to switch drafting on for stretches (measured at 16 requests on a CPU: drafting in 11–49% of the rounds at a
-  per-step gain of 0.96–1.01), and each stretch puts requests out of step for the rest of their lives.
-- Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is
-  not used.
+  content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare the
+  clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window` steps of
+  the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine steps): one
+  sample of log(drafting rate / target-alone rate). The first step after a change of state is not used: it carries the
+  change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
+- Recent samples count most. The gain is the mean of the last `pair_memory` samples, each weighted by 2^(-age /
+  `half_life`), age in steps at that load: what drafting is worth changes within a request's life (early tokens of a
+  code completion are easier to draft than later ones), and a gain measured once at the start of a wave of requests
+  must not decide for the rest of it (measured at 16 requests on a CPU: 1.11 when the gate explored, ~0.96 a hundred
+  steps later, with no probes in between to see it).
+- Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds `min_samples`
+  pairs, which then count as one sample (they come from one stretch of steps against one reference window: at the
+  start of a wave of requests they measured 1.21 where the gain a few probes later was 1.0). Afterwards the state not
+  in use is probed for `probe_len` steps whenever `probe_every` steps have passed while the decision is *unsettled*
+  (its gain within `z` standard errors, plus the hysteresis band, of the threshold: the spread of the recent samples,
+  at least `min_spread`, over the square root of their effective number; exploration's sample alone never settles it),
+  and at intervals doubling up to `probe_every × max_backoff` while it is settled. So a bucket whose answer is clear
+  (a drafter that never pays at this load, or one that pays twice over) pays for probes ever more rarely, and one near
+  break-even keeps measuring: there a probe costs little (the two states are close) and a wrong decision is what
+  loses. A probe whose sample points the other way also brings the interval back.
+- What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts cost
+  more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts with
+  drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either skips its
+  exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at every load
+  the traffic passes through.) Conflicting evidence, or none, means asking the cost model.
+- What the cost model predicts: with no neighbour to go by, `predict(R)` (the adapter's: the verification policy run
+  on recent confidences at R requests, the cost table, and the draft round's cost measured at a smaller load, a lower
+  bound here, so the prediction is optimistic) gives drafting's expected gain over the target alone. Below 1 +
+  `min_gain` the bucket starts with drafting off and only probes: a load where drafting cannot pay even on optimistic
+  costs does not pay for an exploration (a short burst at 8 or 16 requests is over before one ends). Where it predicts
+  a gain, or nothing (no confidences or no draft time yet), the bucket explores.
+- Drafting must pay clearly: the bucket drafts only while the gain exceeds 1 + `min_gain`. Near break-even, a step
+  that drafts generates as much as one that does not, but drafting has costs the per-step rate cannot see: requests
+  that finish at different steps leave a tail of small, inefficient batches where they would have finished together
+  (measured at 16 requests on a CPU: per-step rates within 3% of each other, end-to-end 7–10% behind the target
+  alone), and its own variance. So at a tie the target alone wins.
+- Hysteresis: the state switches only when the gain passes that threshold by a factor (1 + `hysteresis`) either way,
+  on at least two samples' worth of evidence (effective number >= 2: one noisy probe only brings the next ones
+  sooner). Asymmetric, as the threshold is: drafting goes off as soon as the gain's estimate falls below the band, but
+  goes on (and stays on after exploration, which compares with the threshold itself) only where the estimate less `z`
+  standard errors of a mean of samples with `min_spread` noise clears it. Near a tie a few noisy probes average above
+  the band often enough to switch drafting on for stretches (measured at 16 requests on a CPU: drafting in 11–49% of
+  the rounds at a per-step gain of 0.95–1.0), and each stretch puts requests out of step for the rest of their lives.
+- Outliers: a step longer than `max_ratio` × the median of its bucket's recent steps (an idle gap, a stall) is not
+  used.
 - `rates()` also keeps, for reports, each state's exponentially forgotten tokens / seconds (about `memory` steps).
 
 Pure Python: the proposer (adapter) asks `should_draft(R)` before a round and reports `observe(...)` one step
