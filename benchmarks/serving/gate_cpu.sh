@@ -60,7 +60,7 @@ $PYTHON benchmarks/throughput_vs_sla.py \
   --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress --no-plots --metrics-prefix dspark: \
   --keep-token-ids || status=$?
 echo "end $(date -u +%FT%TZ): $(uptime)" | tee -a "$OUT/machine.txt"
-$PYTHON benchmarks/serving/summarize_gate.py "$OUT/results.json" --json "$OUT/gate.json" | tee "$OUT/summary.md"
+$PYTHON -m benchmarks.serving.summarize_gate "$OUT/results.json" --json "$OUT/gate.json" | tee "$OUT/summary.md"
 # greedy outputs that differ from nospec's: bf16 near-ties of the target, or a bug? (reported, never failing)
 $PYTHON "$HERE/near_ties.py" "$OUT/results.json" --target "$TARGET" --json "$OUT/near_ties.json" \
   > "$OUT/near_ties.md" || echo "near_ties.py exit $? (1: a difference that is not a near-tie)"

@@ -1,6 +1,6 @@
 """Never-lose table of a gate_cpu.sh run: each DSpark config against the mean of the two no-spec runs, per load.
 
-    python benchmarks/serving/summarize_gate.py runs/gate-cpu/results.json [--json runs/gate-cpu/gate.json]
+    python -m benchmarks.serving.summarize_gate runs/gate-cpu/results.json [--json runs/gate-cpu/gate.json]
 
 Per concurrency: output tok/s of `nospec` and `nospec-again` (their ratio is the drift of the machine over the run),
 then each other config's tok/s, its ratio to the no-spec mean, and the share of its decided rounds that the draft gate
@@ -19,16 +19,14 @@ import json
 import statistics
 from pathlib import Path
 
+from benchmarks.serving.summarize_campaign import by_concurrency
+
 REFERENCES = ("nospec", "nospec-again")
 FLOOR = 0.97
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
-
-
-def by_concurrency(run: dict) -> dict[int, dict]:
-    return {p["load"]["concurrency"]: p for p in run["points"] if p["load"]["request_rate"] is None}
 
 
 def off_share(point: dict) -> float | None:

@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.bigram_drafter import bigram_table, build_bigram_drafter, corpus_token_ids
 from vllm_dspark.adapter.cpu_binding import BIND_ENV, suggested_bind
+from vllm_dspark.config import DrafterMismatchError, DSparkConfig, check_fits_target
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -139,12 +140,14 @@ TRAINED_DRAFTER = HERE.parents[1] / "examples" / "train_pycode" / "trained" / "d
 
 
 def _drafter_fits(drafter: Path, target: Path) -> bool:
-    """Whether a drafter folder was made for this target (hidden size, vocabulary, number of target layers)."""
+    """Whether a drafter folder was made for this target (the check serving runs at start)."""
     if not (drafter / "config.json").is_file():
         return False
-    d, t = (json.loads((p / "config.json").read_text()) for p in (drafter, target))
-    return (d.get("hidden_size"), d.get("vocab_size"), d.get("num_target_layers")) == (
-        t.get("hidden_size"), t.get("vocab_size"), t.get("num_hidden_layers"))
+    try:
+        check_fits_target(DSparkConfig.from_json(drafter), json.loads((target / "config.json").read_text()))
+    except DrafterMismatchError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")

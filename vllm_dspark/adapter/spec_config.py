@@ -79,8 +79,8 @@ class DSparkServingConfig(BaseModel):
                                   "between samples, in multiples of gate_probe_every (1: sample at a fixed cadence)")
     gate_min_gain: float = Field(default=0.05, ge=0.0, lt=1.0, description="the draft gate drafts only where "
                                  "drafting beats the target alone by more than this fraction of its tokens/s (turning "
-                                 "on: by a margin for noise that shrinks with the samples): at a tie, speculation's unseen "
-                                 "costs (requests finishing out of step) make it lose")
+                                 "on: by a margin for noise that shrinks with the samples): at a tie, speculation's "
+                                 "unseen costs (requests finishing out of step) make it lose")
     context_kv_backlog_mib: int = Field(
         default=64, ge=0, le=1 << 20,
         description="rounds that draft nothing (draft gate off, or γ = 0) keep the target's hidden states and write "

@@ -195,7 +195,6 @@ class DraftGate:
                 self._switch_if(b, b.drafting != (mean - self._on_margin(n_eff) > self.threshold))
                 # its samples shared one stretch of steps (and one reference window): one sample's worth
                 at, _ = b.samples[-1]
-                mean = self._log_gain(b)[0]
                 b.samples.clear()
                 b.samples.append((at, mean))
             elif b.probe_left == 0:
