@@ -12,10 +12,13 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   content, so rates measured minutes apart (the state in use now against the other's from its last probe) compare the
   clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window` steps of
   the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine steps): one
-  sample of log(drafting rate / target-alone rate). The first step after a change of state is not used: it carries the
+  sample, the tokens drafting made in that time and those the target alone made (one of the two at the reference's
+  rate). The first step after a change of state is not used: it carries the
   change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
-- Recent samples count most. The gain is the mean of the last `pair_memory` samples, each weighted by 2^(-age /
-  `half_life`), age in steps at that load: what drafting is worth changes within a request's life (early tokens of a
+- Recent samples count most. The gain is the ratio of the drafting tokens to the target-alone tokens summed over the
+  last `pair_memory` samples (tokens over time, not a mean of per-step ratios, which at low load reads the geometric
+  mean of gains that swing with each step's acceptance), each weighted by 2^(-age / `half_life`), age in steps at
+  that load: what drafting is worth changes within a request's life (early tokens of a
   code completion are easier to draft than later ones), and a gain measured once at the start of a wave of requests
   must not decide for the rest of it (measured at 16 requests on a CPU: 1.11 when the gate explored, ~0.96 a hundred
   steps later, with no probes in between to see it).
@@ -23,12 +26,14 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   pairs, which then count as one sample (they come from one stretch of steps against one reference window: at the
   start of a wave of requests they measured 1.21 where the gain a few probes later was 1.0). Afterwards the state not
   in use is probed for `probe_len` steps whenever `probe_every` steps have passed while the decision is *unsettled*
-  (its gain within `z` standard errors, plus the hysteresis band, of the threshold: the spread of the recent samples,
-  at least `min_spread`, over the square root of their effective number; exploration's sample alone never settles it),
-  and at intervals doubling up to `probe_every × max_backoff` while it is settled. So a bucket whose answer is clear
-  (a drafter that never pays at this load, or one that pays twice over) pays for probes ever more rarely, and one near
-  break-even keeps measuring: there a probe costs little (the two states are close) and a wrong decision is what
-  loses. A probe whose sample points the other way also brings the interval back.
+  (the gain at which its state would switch, the hysteresis band's far edge, lies within `z` standard errors of the
+  gain: the spread of the recent samples, at least `min_spread`, over the square root of their effective number;
+  exploration's sample alone never settles it), and at intervals doubling up to `probe_every × max_backoff` while it
+  is settled. So a bucket whose answer is clear (a drafter that never pays at this load, one at a tie that cannot
+  clear the band, or one that pays twice over) pays for probes ever more rarely, and one near the band keeps
+  measuring: there a wrong decision is what loses. Off at a tie settles on purpose: each probe there costs a little
+  and puts requests out of step (measured at 16 requests on a CPU: at a per-step gain of 0.95–0.98 the unsettled
+  gate drafted in 10–15% of the rounds, and the requests' uneven finish cost more than the probes). A probe whose sample points the other way also brings the interval back.
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts cost
   more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts with
   drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either skips its
@@ -107,7 +112,7 @@ class _Bucket:
     last_state: bool | None = None  # state of the last observed step
     last_seen: int = 0  # the gate's observation count at this bucket's last step
     steps: int = 0  # observations used at this bucket (the clock samples age by)
-    samples: collections.deque = field(default_factory=collections.deque)  # (steps, log gain), last pair_memory
+    samples: collections.deque = field(default_factory=collections.deque)  # (steps, drafting tokens, alone tokens)
     pairs: int = 0
 
 
@@ -194,9 +199,10 @@ class DraftGate:
                 mean, _, n_eff = self._log_gain(b)
                 self._switch_if(b, b.drafting != (mean - self._on_margin(n_eff) > self.threshold))
                 # its samples shared one stretch of steps (and one reference window): one sample's worth
-                at, _ = b.samples[-1]
+                at = b.samples[-1][0]
+                alone = sum(a for _, _, a in b.samples) / len(b.samples)
                 b.samples.clear()
-                b.samples.append((at, mean))
+                b.samples.append((at, alone * math.exp(mean), alone))
             elif b.probe_left == 0:
                 self._maybe_switch(b)
             if b.probe_left == 0:
@@ -221,24 +227,38 @@ class DraftGate:
         return log_gain > self.threshold + self.band
 
     def _log_gain(self, b: _Bucket) -> tuple[float, float, float]:
-        """(weighted mean of the recent paired log gains, its standard error, the samples' effective number);
-        (0, inf, 0) before any."""
+        """(log of the recent samples' weighted gain, its standard error, the samples' effective number);
+        (0, inf, 0) before any. The gain is a ratio of sums, the tokens drafting made (or would have, at the
+        reference's rate) over those the target alone would have made in the same time: tokens per second over
+        time, as serving sees it. A mean of per-sample ratios would not be: at low load one drafting step's gain
+        swings with its acceptance (0.7x to 4x at one request), and the mean of their logs then reads far below
+        what drafting returns over time (the geometric mean: 1.7x where tokens over time give 1.2x, or the reverse,
+        depending on whether tokens or seconds vary)."""
         if not b.samples:
             return 0.0, math.inf, 0.0
-        w = [0.5 ** ((b.steps - at) / self.half_life) for at, _ in b.samples]
+        w = [0.5 ** ((b.steps - at) / self.half_life) for at, _, _ in b.samples]
         total = sum(w)
-        mean = sum(wi * x for wi, (_, x) in zip(w, b.samples)) / total
-        spread = math.sqrt(sum(wi * (x - mean) ** 2 for wi, (_, x) in zip(w, b.samples)) / total)
+        drafting = sum(wi * d for wi, (_, d, _) in zip(w, b.samples))
+        alone = sum(wi * a for wi, (_, _, a) in zip(w, b.samples))
+        gain = drafting / alone
+        # spread of the samples about the ratio, relative to the mean sample (the ratio estimator's linearisation)
+        spread = math.sqrt(sum(wi * (d - gain * a) ** 2 for wi, (_, d, a) in zip(w, b.samples)) / total) \
+            / (gain * alone / total)
         n_eff = total * total / sum(wi * wi for wi in w)
-        return mean, max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
+        return math.log(gain), max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
 
     def _settled(self, b: _Bucket) -> bool:
-        """Whether the recent samples put the gain clearly on the side of the threshold its state is on."""
+        """Whether the recent samples put the gain clearly on the side of the state in use: the gain at which the
+        state would switch (the band's far edge, beyond the threshold) lies outside `z` standard errors of the
+        estimate. Settled off therefore means "drafting is clearly not going to clear the band", not "drafting
+        clearly loses": at a tie (a drafter worth 0.95-1.0x at a high load) off settles and probes back off, as
+        each probe costs a little and puts requests out of step, while it could not switch drafting on anyway."""
         mean, err, _ = self._log_gain(b)
-        margin = self.band + self.z * err
         if len(b.samples) < 2:  # exploration's one sample alone never settles it
             return False
-        return mean > self.threshold + margin if b.drafting else mean < self.threshold - margin
+        if b.drafting:
+            return mean - self.z * err > self.threshold - self.band
+        return mean + self.z * err < self.threshold + self.band
 
     def _maybe_switch(self, b: _Bucket) -> None:
         """Switch when the recent gain lies beyond the band, on the evidence of two samples at least: one noisy
@@ -291,11 +311,11 @@ class DraftGate:
             b.in_use.append((float(tokens), float(seconds)))
         elif b.in_use:  # a step of the other state, just after steps of the one in use: one paired sample
             ref = sum(t for t, _ in b.in_use) / sum(sec for _, sec in b.in_use)
-            sample = math.log(tokens / seconds / ref)
-            sample = sample if drafted else -sample
+            # tokens each state makes in this step's time: this step's own, and the reference rate's
+            drafting, alone = (tokens, seconds * ref) if drafted else (seconds * ref, tokens)
             b.pairs += 1
-            b.samples.append((b.steps, sample))
-            if self._says_switch(b, sample):
+            b.samples.append((b.steps, float(drafting), float(alone)))
+            if self._says_switch(b, math.log(drafting / alone)):
                 b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
 
