@@ -98,3 +98,13 @@ def test_tp_agree_is_rank_zeros_value_under_tensor_parallelism(monkeypatch):
     monkeypatch.setattr(parallel_state, "model_parallel_is_initialized", lambda: True)
     monkeypatch.setattr(parallel_state, "get_tp_group", lambda: Group())
     assert compat.tp_agree({"r1": 3}) == {"r1": 1}
+
+
+@pytest.mark.parametrize("async_scheduling, expected", [(False, False), (True, True), (None, True)])
+def test_schedules_async_reads_the_resolved_setting(async_scheduling, expected):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=async_scheduling))
+    assert compat.schedules_async(config) is expected
+    assert compat.schedules_async(SimpleNamespace()) is True  # unknown: full-width drafts, right either way
+

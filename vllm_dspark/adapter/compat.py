@@ -139,3 +139,12 @@ def tp_agree(value):
     if not parallel_state.model_parallel_is_initialized():
         return value
     return parallel_state.get_tp_group().broadcast_object(value, src=0)
+
+
+def schedules_async(vllm_config) -> bool:
+    """Whether the engine schedules a step before the last one's drafts are known (async scheduling). Then the
+    scheduler lays out the spec-token slots itself and a round must return drafts of the full width; when it
+    schedules synchronously (always on CPU builds, which force it off) it schedules from the drafts returned. An
+    unresolved or missing setting counts as async: full-width drafts are right either way, only slower."""
+    value = getattr(getattr(vllm_config, "scheduler_config", None), "async_scheduling", None)
+    return value is not False

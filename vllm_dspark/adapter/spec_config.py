@@ -70,7 +70,8 @@ class DSparkServingConfig(BaseModel):
         "and without drafting (each probe of the state not in use against the steps just before it, recent "
         "probes counting most) and stop drafting where it does not pay (no draft round, nothing verified but the "
         "target's own token); the other state is probed every gate_probe_every steps while the measured gain is "
-        "near the threshold, ever more rarely while it is clearly on one side (gate_max_backoff)",
+        "within its noise of the point where the state would switch, ever more rarely while it is clearly short "
+        "of it (gate_max_backoff)",
     )
     gate_probe_every: int = Field(default=16, ge=3, le=100000, description="steps between probes (2 steps each) "
                                   "of the state not in use (draft gate) while its decision is unsettled; while "
