@@ -15,7 +15,8 @@
 # examples/train_pycode/trained/dspark), INFLATE, TESTBED, INFLATE_ARGS, KV_SPACE_GIB, ENGINE_ARGS (cpu_testbed.sh),
 # OUT (default runs/gate-cpu), CONCURRENCY (default 1 4 8 16), NUM_PROMPTS (32), MAX_TOKENS (64), PROMPT_CHARS (300),
 # MIN_TOKENS (unset: every request MAX_TOKENS long; set: each prompt's length drawn from [MIN_TOKENS, MAX_TOKENS], the
-# bench's --min-tokens), GAMMA (7), SLA, SLA_FLOOR, PYTHON, DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
+# bench's --min-tokens), REPEATS (1: each config once; N: N rounds of nospec, dspark-confidence, dspark-sla, the
+# later ones named -r2, -r3, ..., pooled per config by summarize_gate.py), GAMMA (7), SLA, SLA_FLOOR, PYTHON, DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
 # Outputs (git-ignored): $OUT/results.json, $OUT/summary.md and gate.json (summarize_gate.py: ratios, the gate's
 # share of rounds off, each point's drain), $OUT/near_ties.{md,json} (is each greedy output that differs from
 # nospec's a bf16 near-tie of the target?), $OUT/machine.txt, $OUT/cost_table.json.
@@ -49,13 +50,16 @@ profile_table "$SERVED" "$GAMMA" "$OUT"
 cut_prompts
 TABLE="\"cost_table\": \"$(cd "$OUT" && pwd)/cost_table.json\"$DSPARK_EXTRA"
 spec() { echo "--speculative-config '{\"method\": \"dflash\", \"model\": \"$SERVED\", \"num_speculative_tokens\": $GAMMA, \"dspark\": {$1, $TABLE}}'"; }
+CONFIGS=()  # REPEATS rounds of the three, in turn (a slow spell of the machine then hits every config alike)
+for r in $(seq 1 "${REPEATS:-1}"); do
+  sfx=$([ "$r" = 1 ] || echo "-r$r")
+  CONFIGS+=(--config "nospec$sfx=" --config "dspark-confidence$sfx=$(spec '"mode": "confidence"')"
+            --config "dspark-sla$sfx=$(spec "\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR")")
+done
 # shellcheck disable=SC2086  # CONCURRENCY and SLA are word lists
 $PYTHON benchmarks/throughput_vs_sla.py \
   --serve "--model $TARGET $ENGINE_ARGS --seed 0" --server-env "VLLM_CPU_KVCACHE_SPACE=$KV_SPACE_GIB" \
-  --config "nospec=" \
-  --config "dspark-confidence=$(spec '"mode": "confidence"')" \
-  --config "dspark-sla=$(spec "\"mode\": \"sla\", \"sla_tokens_per_user\": $SLA_FLOOR")" \
-  --config "nospec-again=" \
+  "${CONFIGS[@]}" --config "nospec-again=" \
   --prompts "$PROMPTS" --concurrency $CONCURRENCY --num-prompts "$NUM_PROMPTS" "${LENGTHS[@]}" \
   --temperature 0 --sla $SLA --out-dir "$OUT" --no-progress --no-plots --metrics-prefix dspark: \
   --keep-token-ids || status=$?

@@ -11,6 +11,11 @@ and has no drain; a server that speculates finishes them out of step, so the end
 falling batch size. That is a property of the measurement (the longer the point, the smaller its share), not of the
 steady state, and this column shows how much of a ratio it explains. Below it: the never-lose verdict (>= 0.97x at
 every load) and whether greedy outputs equal no-spec's (`output_sha256`).
+
+With repeats (gate_cpu.sh REPEATS=N: configs `nospec`, `dspark-confidence`, `dspark-sla`, then the same names with
+`-r2`, `-r3`, ... and `nospec-again` last), each config's runs of a point are pooled (output tokens summed over
+durations summed) and compared with all no-spec runs pooled the same way; beside it, the range of each repeat's
+ratio to that repeat's own no-spec run, and the drift is the fastest no-spec run over the slowest.
 """
 from __future__ import annotations
 
@@ -50,45 +55,82 @@ def digests(point: dict) -> dict[int, str]:
     return {r["prompt_index"]: r["output_sha256"] for r in point.get("requests") or [] if r.get("output_sha256")}
 
 
+def base_name(label: str) -> str:
+    """A config's name without its repeat suffix (gate_cpu.sh's REPEATS: `dspark-sla-r2` is `dspark-sla`)."""
+    head, _, tail = label.rpartition("-r")
+    return head if head and tail.isdigit() else label
+
+
+def repeat_of(label: str) -> int:
+    head, _, tail = label.rpartition("-r")
+    return int(tail) if head and tail.isdigit() else 1
+
+
+def pooled(points: list[dict]) -> float:
+    """Tokens over time of several runs of one point: their output tokens summed over their durations summed."""
+    return sum(p["output_tokens"] for p in points) / sum(p["duration_s"] for p in points)
+
+
 def summarize(doc: dict) -> tuple[str, dict]:
     runs = {r["label"]: by_concurrency(r) for r in doc["runs"]}
-    refs = [name for name in REFERENCES if name in runs]
+    refs = [name for name in runs if base_name(name) in REFERENCES]
     if not refs:
         raise SystemExit(f"no reference run ({' / '.join(REFERENCES)}) among {sorted(runs)}")
-    others = [name for name in runs if name not in REFERENCES]
+    groups: dict[str, list[str]] = {}
+    for name in runs:
+        if name not in refs:
+            groups.setdefault(base_name(name), []).append(name)
+    repeats = max(len(g) for g in groups.values()) if groups else 1
     loads = sorted({c for points in runs.values() for c in points})
-    head = ["c", *[f"{r} (drain)" for r in refs], "drift"]
-    head += [f"{name} (× no-spec, gate off, drain)" for name in others]
+    ref_head = [f"{r} (drain)" for r in refs] if len(refs) <= 2 else [f"no-spec × {len(refs)}: tok/s"]
+    head = ["c", *ref_head, "drift"]
+    cell = "× no-spec, gate off, drain" if repeats == 1 else \
+        f"pooled over {repeats} repeats, × no-spec pooled [each repeat × its own no-spec], gate off, drain"
+    head += [f"{name} ({cell})" for name in groups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    table: dict = {"floor": FLOOR, "loads": {}}
+    table: dict = {"floor": FLOOR, "repeats": repeats, "loads": {}}
     worst: dict[str, tuple[float, int]] = {}
     same, compared = 0, 0
     for c in loads:
-        ref_tput = [runs[r][c]["output_throughput"] for r in refs if c in runs[r]]
-        base = statistics.fmean(ref_tput) if ref_tput else None
-        drift = ref_tput[-1] / ref_tput[0] if len(ref_tput) == 2 else None
-        ref_drain = [drain_share(runs[r][c]) for r in refs if c in runs[r]]
-        row = [str(c)] + [f"{t:.1f} ({pct(d)})" for t, d in zip(ref_tput, ref_drain)] + [
-            "-" if drift is None else f"{drift:.3f}"]
+        ref_points = [runs[r][c] for r in refs if c in runs[r]]
+        ref_tput = [p["output_throughput"] for p in ref_points]
+        # one reference run: its tok/s; several: tokens over time pooled (the mean for the classic two)
+        base = (statistics.fmean(ref_tput) if len(refs) <= 2 else pooled(ref_points)) if ref_points else None
+        drift = (ref_tput[-1] / ref_tput[0] if len(refs) <= 2 else max(ref_tput) / min(ref_tput)) \
+            if len(ref_tput) >= 2 else None
+        ref_drain = [drain_share(p) for p in ref_points]
+        if len(refs) <= 2:
+            ref_cells = [f"{t:.1f} ({pct(d)})" for t, d in zip(ref_tput, ref_drain)]
+        else:
+            ref_cells = [" / ".join(f"{t:.1f}" for t in ref_tput)]
+        row = [str(c), *ref_cells, "-" if drift is None else f"{drift:.3f}"]
         entry = {"reference_tok_s": ref_tput, "reference_drain_share": ref_drain, "drift": drift, "configs": {}}
-        ref_digests = digests(runs[refs[0]][c]) if c in runs[refs[0]] else {}
-        for name in others:
-            p = runs[name].get(c)
-            if p is None or base is None:
+        ref_by_repeat = {repeat_of(r): runs[r][c] for r in refs if c in runs[r] and base_name(r) == REFERENCES[0]}
+        ref_digests = digests(ref_points[0]) if ref_points else {}
+        for group, names in groups.items():
+            points = [runs[n][c] for n in names if c in runs[n]]
+            if not points or base is None:
                 row.append("-")
                 continue
-            x = p["output_throughput"] / base
-            share, drain = off_share(p), drain_share(p)
-            row.append(f"{p['output_throughput']:.1f} ({x:.2f}×, {pct(share)}, {pct(drain)})")
-            entry["configs"][name] = {"tok_s": p["output_throughput"], "ratio": x, "gate_off_share": share,
-                                      "drain_share": drain}
-            if name not in worst or x < worst[name][0]:
-                worst[name] = (x, c)
-            mine = digests(p)
-            for i, d in mine.items():
-                if i in ref_digests:
-                    compared += 1
-                    same += d == ref_digests[i]
+            tok_s = pooled(points) if len(points) > 1 else points[0]["output_throughput"]
+            x = tok_s / base
+            shares = [s for s in map(off_share, points) if s is not None]
+            share = statistics.fmean(shares) if shares else None
+            drain = statistics.fmean(d for d in map(drain_share, points) if d is not None) \
+                if any(drain_share(p) is not None for p in points) else None
+            each = [runs[n][c]["output_throughput"] / ref_by_repeat[repeat_of(n)]["output_throughput"]
+                    for n in names if c in runs[n] and repeat_of(n) in ref_by_repeat] if len(points) > 1 else []
+            spread = f" [{min(each):.2f}–{max(each):.2f}]" if each else ""
+            row.append(f"{tok_s:.1f} ({x:.2f}×{spread}, {pct(share)}, {pct(drain)})")
+            entry["configs"][group] = {"tok_s": tok_s, "ratio": x, "repeat_ratios": each, "gate_off_share": share,
+                                       "drain_share": drain}
+            if group not in worst or x < worst[group][0]:
+                worst[group] = (x, c)
+            for p in points:
+                for i, d in digests(p).items():
+                    if i in ref_digests:
+                        compared += 1
+                        same += d == ref_digests[i]
         table["loads"][c] = entry
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")

@@ -45,3 +45,33 @@ def test_drain_is_the_time_after_fewer_than_c_requests_are_left():
     assert summarize_gate.drain_share(dict(point, requests=lockstep)) == 0
     assert summarize_gate.drain_share(dict(point, requests=reqs[:2])) == pytest.approx(1 / 5)  # one wave
     assert summarize_gate.drain_share(dict(point, requests=reqs[:1])) is None  # never c in flight
+
+
+def test_repeats_are_pooled_as_tokens_over_time():
+    """REPEATS=2: each config's runs of a point pool their tokens over their time (not a mean of tok/s), against all
+    no-spec runs pooled; each repeat's own ratio (to its own no-spec run) gives the range."""
+    def point(tokens: int, seconds: float) -> dict:
+        return dict(_point(16, tokens / seconds, []), output_tokens=tokens, duration_s=seconds)
+
+    doc = {"runs": [
+        {"label": "nospec", "points": [point(1000, 10.0)]},
+        {"label": "dspark-sla", "points": [point(1000, 12.5)]},
+        {"label": "nospec-r2", "points": [point(1000, 8.0)]},
+        {"label": "dspark-sla-r2", "points": [point(1000, 8.0)]},
+        {"label": "nospec-again", "points": [point(1000, 9.0)]},
+    ]}
+    text, table = summarize_gate.summarize(doc)
+    entry = table["loads"][16]
+    assert table["repeats"] == 2 and list(entry["configs"]) == ["dspark-sla"]
+    sla = entry["configs"]["dspark-sla"]
+    assert sla["tok_s"] == pytest.approx(2000 / 20.5)  # not the mean of 80 and 125 tok/s
+    assert sla["ratio"] == pytest.approx((2000 / 20.5) / (3000 / 27.0))
+    assert sla["repeat_ratios"] == pytest.approx([10 / 12.5, 1.0])
+    assert entry["drift"] == pytest.approx(10 / 8)
+    assert "[0.80–1.00]" in text
+
+
+@pytest.mark.parametrize("label, base, repeat", [("dspark-sla-r3", "dspark-sla", 3), ("nospec", "nospec", 1),
+                                                 ("nospec-again", "nospec-again", 1), ("cfg-rx", "cfg-rx", 1)])
+def test_repeat_suffix(label, base, repeat):
+    assert summarize_gate.base_name(label) == base and summarize_gate.repeat_of(label) == repeat
