@@ -13,15 +13,15 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   clock, not the states. Instead each step of the state *not* in use is compared with the last `pair_window` steps of
   the state in use just before it (at the same load, none of them older than 2 × `pair_window` engine steps): one
   sample, the tokens drafting made in that time and those the target alone made (one of the two at the reference's
-  rate). The first step after a change of state is not used: it carries the
-  change's own cost (the context K/V held back while drafting was off, written by the next drafting round).
+  rate). The first step after a change of state is not used: it carries the change's own cost (the context K/V held
+  back while drafting was off, written by the next drafting round).
 - Recent samples count most. The gain is the ratio of the drafting tokens to the target-alone tokens summed over the
   last `pair_memory` samples (tokens over time, not a mean of per-step ratios, which at low load reads the geometric
   mean of gains that swing with each step's acceptance), each weighted by 2^(-age / `half_life`), age in steps at
-  that load: what drafting is worth changes within a request's life (early tokens of a
-  code completion are easier to draft than later ones), and a gain measured once at the start of a wave of requests
-  must not decide for the rest of it (measured at 16 requests on a CPU: 1.11 when the gate explored, ~0.96 a hundred
-  steps later, with no probes in between to see it).
+  that load: what drafting is worth changes within a request's life (early tokens of a code completion are easier to
+  draft than later ones), and a gain measured once at the start of a wave of requests must not decide for the rest
+  of it (measured at 16 requests on a CPU: 1.11 when the gate explored, ~0.96 a hundred steps later, with no probes
+  in between to see it).
 - Exploration: a bucket first takes `min_samples` + 1 steps drafting, then steps without until it holds `min_samples`
   pairs, which then count as one sample (they come from one stretch of steps against one reference window: at the
   start of a wave of requests they measured 1.21 where the gain a few probes later was 1.0). Afterwards the state not
@@ -33,7 +33,8 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
   clear the band, or one that pays twice over) pays for probes ever more rarely, and one near the band keeps
   measuring: there a wrong decision is what loses. Off at a tie settles on purpose: each probe there costs a little
   and puts requests out of step (measured at 16 requests on a CPU: at a per-step gain of 0.95–0.98 the unsettled
-  gate drafted in 10–15% of the rounds, and the requests' uneven finish cost more than the probes). A probe whose sample points the other way also brings the interval back.
+  gate drafted in 10–15% of the rounds, and the requests' uneven finish cost more than the probes). A probe whose
+  sample points the other way also brings the interval back.
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts cost
   more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts with
   drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either skips its
