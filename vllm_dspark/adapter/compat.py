@@ -141,6 +141,14 @@ def tp_agree(value):
     return parallel_state.get_tp_group().broadcast_object(value, src=0)
 
 
+def gate_off_returns_no_drafts(vllm_config) -> bool:
+    """Whether a round the draft gate leaves without drafts may hand vLLM no drafts at all ([R, 0]) instead of γ
+    placeholders per request: on a synchronous engine, which schedules the next step from the drafts returned, and
+    on the releases where vLLM itself does so (0.32's dynamic speculative decoding returns [R, 0] for γ = 0 through
+    the same runner and scheduler path, run here in CI); elsewhere placeholders, cut on the worker, are right too."""
+    return not schedules_async(vllm_config) and in_range("0.32", "0.33")
+
+
 def schedules_async(vllm_config) -> bool:
     """Whether the engine schedules a step before the last one's drafts are known (async scheduling). Then the
     scheduler lays out the spec-token slots itself and a round must return drafts of the full width; when it

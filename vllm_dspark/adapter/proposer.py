@@ -382,16 +382,16 @@ class DSparkProposer(DFlashProposer):
             self._round_phases = self._phases
             return drafts
         if not compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
-            if compat.schedules_async(self.vllm_config):
-                # the scheduler has already laid out γ slots per request for the next step: placeholders, which
-                # the runner patch cuts to none before the target runs
+            if compat.gate_off_returns_no_drafts(self.vllm_config):
+                # the next step is scheduled from these drafts: none, so it is scheduled, run and sampled as
+                # without speculation (placeholders cost the scheduler and the runner γ slots per request to cut)
+                drafts = self._skip_round(0, **kwargs)
+            else:
+                # an async scheduler has already laid out γ slots per request for the next step: placeholders,
+                # which the runner patch cuts to none before the target runs
                 drafts = self._skip_round(num_speculative_tokens, **kwargs)
                 self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None,
                                                    None, skipped=True)
-            else:
-                # scheduled from these drafts: none, so the next step is scheduled, run and sampled as without
-                # speculation (placeholders cost the scheduler and the runner γ slots per request to cut again)
-                drafts = self._skip_round(0, **kwargs)
             self._round_phases = self._phases
             self._last_round = (num_req, False, 0.0)
             return drafts
