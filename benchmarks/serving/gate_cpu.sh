@@ -16,7 +16,8 @@
 # OUT (default runs/gate-cpu), CONCURRENCY (default 1 4 8 16), NUM_PROMPTS (32), MAX_TOKENS (64), PROMPT_CHARS (300),
 # MIN_TOKENS (unset: every request MAX_TOKENS long; set: each prompt's length drawn from [MIN_TOKENS, MAX_TOKENS], the
 # bench's --min-tokens), REPEATS (1: each config once; N: N rounds of nospec, dspark-confidence, dspark-sla, the
-# later ones named -r2, -r3, ..., pooled per config by summarize_gate.py), GAMMA (7), SLA, SLA_FLOOR, PYTHON, DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
+# later ones named -r2, -r3, ..., pooled per config by summarize_gate.py), GAMMA (7), SLA, SLA_FLOOR, PYTHON,
+# DSPARK_EXTRA (more keys of the `dspark` JSON, e.g. ', "gate_min_gain": 0.1').
 # Outputs (git-ignored): $OUT/results.json, $OUT/summary.md and gate.json (summarize_gate.py: ratios, the gate's
 # share of rounds off, each point's drain), $OUT/near_ties.{md,json} (is each greedy output that differs from
 # nospec's a bf16 near-tie of the target?), $OUT/machine.txt, $OUT/cost_table.json.

@@ -1,7 +1,10 @@
 """Supported vLLM range, and the plugin's refusal of anything else."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from packaging.version import Version
 
 from vllm_dspark.adapter import compat
 
@@ -102,21 +105,14 @@ def test_tp_agree_is_rank_zeros_value_under_tensor_parallelism(monkeypatch):
 
 @pytest.mark.parametrize("async_scheduling, expected", [(False, False), (True, True), (None, True)])
 def test_schedules_async_reads_the_resolved_setting(async_scheduling, expected):
-    from types import SimpleNamespace
-
     config = SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=async_scheduling))
     assert compat.schedules_async(config) is expected
     assert compat.schedules_async(SimpleNamespace()) is True  # unknown: full-width drafts, right either way
 
 
-
 @pytest.mark.parametrize("version, async_scheduling, expected", [
     ("0.32.0", False, True), ("0.32.0", True, False), ("0.26.0", False, False), ("0.33.0", False, False)])
 def test_gate_off_returns_no_drafts_only_where_vllm_does(monkeypatch, version, async_scheduling, expected):
-    from types import SimpleNamespace
-
-    from packaging.version import Version
-
     monkeypatch.setattr(compat, "vllm_version", lambda: Version(version))
     config = SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=async_scheduling))
     assert compat.gate_off_returns_no_drafts(config) is expected
