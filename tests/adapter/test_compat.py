@@ -55,8 +55,6 @@ def test_installed_vllm_is_supported():
 @pytest.mark.parametrize("version", ["0.35.0", "0.25.1"])
 def test_plugin_refuses_an_unsupported_vllm(monkeypatch, version):
     pytest.importorskip("vllm")
-    from packaging.version import Version
-
     from vllm_dspark.adapter import plugin
 
     monkeypatch.setattr(plugin, "_registered", False)
@@ -68,8 +66,6 @@ def test_plugin_refuses_an_unsupported_vllm(monkeypatch, version):
 def test_draft_graph_batch_sizes_from_vllm_configs():
     """Built from vLLM's own config classes, so a renamed field fails here rather than silently disabling graphs."""
     pytest.importorskip("vllm")
-    from types import SimpleNamespace
-
     from vllm.config import CompilationConfig, ParallelConfig, SchedulerConfig
 
     def cfg(sizes, max_seqs=6, eager=False, spec_eager=False, tp=1):
