@@ -55,15 +55,18 @@ def digests(point: dict) -> dict[int, str]:
     return {r["prompt_index"]: r["output_sha256"] for r in point.get("requests") or [] if r.get("output_sha256")}
 
 
-def base_name(label: str) -> str:
-    """A config's name without its repeat suffix (gate_cpu.sh's REPEATS: `dspark-sla-r2` is `dspark-sla`)."""
+def split_repeat(label: str) -> tuple[str, int]:
+    """A config's name and repeat (gate_cpu.sh's REPEATS: `dspark-sla-r2` is `dspark-sla`, 2; no suffix: 1)."""
     head, _, tail = label.rpartition("-r")
-    return head if head and tail.isdigit() else label
+    return (head, int(tail)) if head and tail.isdigit() else (label, 1)
+
+
+def base_name(label: str) -> str:
+    return split_repeat(label)[0]
 
 
 def repeat_of(label: str) -> int:
-    head, _, tail = label.rpartition("-r")
-    return int(tail) if head and tail.isdigit() else 1
+    return split_repeat(label)[1]
 
 
 def pooled(points: list[dict]) -> float:
@@ -116,8 +119,8 @@ def summarize(doc: dict) -> tuple[str, dict]:
             x = tok_s / base
             shares = [s for s in map(off_share, points) if s is not None]
             share = statistics.fmean(shares) if shares else None
-            drain = statistics.fmean(d for d in map(drain_share, points) if d is not None) \
-                if any(drain_share(p) is not None for p in points) else None
+            drains = [d for d in map(drain_share, points) if d is not None]
+            drain = statistics.fmean(drains) if drains else None
             each = [runs[n][c]["output_throughput"] / ref_by_repeat[repeat_of(n)]["output_throughput"]
                     for n in names if c in runs[n] and repeat_of(n) in ref_by_repeat] if len(points) > 1 else []
             spread = f" [{min(each):.2f}–{max(each):.2f}]" if each else ""

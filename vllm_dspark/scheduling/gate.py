@@ -254,9 +254,9 @@ class DraftGate:
         estimate. Settled off therefore means "drafting is clearly not going to clear the band", not "drafting
         clearly loses": at a tie (a drafter worth 0.95-1.0x at a high load) off settles and probes back off, as
         each probe costs a little and puts requests out of step, while it could not switch drafting on anyway."""
-        mean, err, _ = self._log_gain(b)
         if len(b.samples) < 2:  # exploration's one sample alone never settles it
             return False
+        mean, err, _ = self._log_gain(b)
         if b.drafting:
             return mean - self.z * err > self.threshold - self.band
         return mean + self.z * err < self.threshold + self.band
