@@ -88,13 +88,17 @@ def time_split(records: list[dict]) -> dict:
     seconds and steps with a prefill chunk, decoding with drafts, decoding without; the draft gate's last
     measured gain (tokens/s drafting over not) per number of running requests; the tokens/s the decoding steps
     generated with and without drafts per load bucket (requests rounded up to a power of two, as the gate keeps
-    them; from each record's `generated_tokens`, over the whole run, so the two compare different moments); and
+    them; from each record's `generated_tokens`, over the whole run, so the two compare different moments) and
+    the median decoding step's period with and without drafts per bucket; and
     the run as one character per step (D / . : decoding with / without drafts; P / p : the same with a prefill
     chunk)."""
     def part(rows: list[dict]) -> dict:
         return {"steps": len(rows), "seconds": sum(r["period_s"] for r in rows)}
 
     decode = decoding(records)
+    periods: dict[int, tuple[list, list]] = {}
+    for r in decode:
+        periods.setdefault(load_bucket(int(r["requests"])), ([], []))[0 if r["drafted"] else 1].append(r["period_s"])
     gains = {int(r["requests"]): r["gate_gain"] for r in records if r.get("gate_gain") is not None}
     rates: dict[int, list] = {}
     for r in decode:
@@ -108,6 +112,8 @@ def time_split(records: list[dict]) -> dict:
             "gate_gain": dict(sorted(gains.items())),
             "decode_rates": {k: [t / sec if sec else None for t, sec in ((v[0], v[1]), (v[2], v[3]))]
                              for k, v in sorted(rates.items())},
+            "decode_median_ms": {k: [1e3 * statistics.median(v) if v else None for v in pair]
+                                 for k, pair in sorted(periods.items())},
             "timeline": "".join(("P" if r.get("prefill") else "D") if r["drafted"] else
                                 ("p" if r.get("prefill") else ".") for r in records)}
 
@@ -124,6 +130,9 @@ def print_time_split(split: dict) -> None:
     if split.get("decode_rates"):
         print("decoding tokens/s with / without drafts per load (requests up to): " + ", ".join(
             f"{k}: {_rate(on)} / {_rate(off)}" for k, (on, off) in split["decode_rates"].items()))
+    if split.get("decode_median_ms"):
+        print("median decoding step ms with / without drafts per load (requests up to): " + ", ".join(
+            f"{k}: {_rate(on)} / {_rate(off)}" for k, (on, off) in split["decode_median_ms"].items()))
     print(f"steps (D/. decoding with/without drafts, P/p the same with a prefill chunk): {split['timeline']}")
 
 

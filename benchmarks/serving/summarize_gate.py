@@ -51,6 +51,43 @@ def drain_share(point: dict) -> float | None:
     return (ends[-1] - ends[len(ends) - c]) / (ends[-1] - start) if ends[-1] > start else None
 
 
+def waves(point: dict) -> dict | None:
+    """How a closed-loop point's requests kept in step (seconds from its first request's start): when the first c
+    requests ended (first and last), when the last request started, when its drain began (the first end after that
+    start that leaves fewer than c in flight) and how long it lasted, and the output tok/s before the drain (from the
+    requests' chunk times: the bench's --chunk-times) and during it."""
+    c, reqs = point["load"]["concurrency"], [r for r in point.get("requests") or [] if r.get("latency_s") is not None]
+    if not c or len(reqs) < c or not all(r.get("chunk_times_s") for r in reqs):
+        return None
+    t0 = min(r["start_s"] for r in reqs)
+    first = sorted(reqs, key=lambda r: r["start_s"])[:c]
+    ends = sorted(r["start_s"] + r["latency_s"] - t0 for r in reqs)
+    drain = ends[len(ends) - c]
+    before = sum(n for r in reqs for t, n in zip(r["chunk_times_s"], r["chunk_tokens"])
+                 if r["start_s"] - t0 + t <= drain)
+    total = sum(r["output_tokens"] for r in reqs)
+    return {"first_wave_end_s": [min(r["start_s"] + r["latency_s"] - t0 for r in first),
+                                 max(r["start_s"] + r["latency_s"] - t0 for r in first)],
+            "last_start_s": max(r["start_s"] for r in reqs) - t0, "drain_start_s": drain, "drain_s": ends[-1] - drain,
+            "tok_s_before_drain": before / drain if drain > 0 else None,
+            "tok_s_in_drain": (total - before) / (ends[-1] - drain) if ends[-1] > drain else None}
+
+
+def print_waves(doc: dict) -> None:
+    print("| config | c | first c requests end (s) | last start (s) | drain from (s), for | tok/s before / in the "
+          "drain |")
+    print("|---|---|---|---|---|---|")
+    for run in doc["runs"]:
+        for c, point in by_concurrency(run).items():
+            w = waves(point)
+            if w is None:
+                continue
+            rates = " / ".join("-" if x is None else f"{x:.1f}"
+                               for x in (w["tok_s_before_drain"], w["tok_s_in_drain"]))
+            print(f"| {run['label']} | {c} | {w['first_wave_end_s'][0]:.2f}–{w['first_wave_end_s'][1]:.2f} | "
+                  f"{w['last_start_s']:.2f} | {w['drain_start_s']:.2f}, {w['drain_s']:.2f} | {rates} |")
+
+
 def digests(point: dict) -> dict[int, str]:
     return {r["prompt_index"]: r["output_sha256"] for r in point.get("requests") or [] if r.get("output_sha256")}
 
@@ -150,8 +187,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results")
     p.add_argument("--json", help="write the table as JSON here")
+    p.add_argument("--waves", action="store_true", help="also print how each point's requests kept in step "
+                   "(needs the bench's --chunk-times)")
     args = p.parse_args()
-    text, table = summarize(json.loads(Path(args.results).read_text()))
+    doc = json.loads(Path(args.results).read_text())
+    if args.waves:  # first: it needs no reference run
+        print_waves(doc)
+    text, table = summarize(doc)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))

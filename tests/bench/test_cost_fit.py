@@ -78,3 +78,6 @@ def test_decode_rates_per_load_bucket():
     split = cost_fit.time_split(trace)
     assert split["decode_rates"][16] == pytest.approx([42 / 0.32, 160.0])
     assert split["decode_rates"][2] == [None, pytest.approx(40.0)]
+    # median decoding step with / without drafts (every decoding step counts, with a token count or not)
+    assert split["decode_median_ms"][16] == pytest.approx([160.0, 100.0])
+    assert split["decode_median_ms"][2] == [None, pytest.approx(50.0)]

@@ -75,3 +75,18 @@ def test_repeats_are_pooled_as_tokens_over_time():
                                                  ("nospec-again", "nospec-again", 1), ("cfg-rx", "cfg-rx", 1)])
 def test_repeat_suffix(label, base, repeat):
     assert summarize_gate.base_name(label) == base and summarize_gate.repeat_of(label) == repeat
+
+
+def test_waves_of_a_closed_loop_point():
+    """c = 2, four requests of 4 tokens: the first two end at 4 and 5 s, the last starts at 5 s, the drain begins
+    at the third end (9 s) and lasts to 10 s; tokens before it come from the chunk times."""
+    spans = [(0, 4), (0, 5), (4, 9), (5, 10)]
+    reqs = [{"start_s": s, "latency_s": e - s, "output_tokens": 4, "chunk_tokens": [1, 1, 1, 1],
+             "chunk_times_s": [(e - s) * k / 4 for k in (1, 2, 3, 4)]} for s, e in spans]
+    w = summarize_gate.waves({"load": {"concurrency": 2, "request_rate": None}, "requests": reqs})
+    assert w["first_wave_end_s"] == [4, 5] and w["last_start_s"] == 5
+    assert (w["drain_start_s"], w["drain_s"]) == (9, 1)
+    # before 9 s: 4 + 4 + 4 (the third ends at 9) + 3 (the last's chunks at 6.25, 7.5, 8.75) = 15 tokens
+    assert w["tok_s_before_drain"] == pytest.approx(15 / 9) and w["tok_s_in_drain"] == pytest.approx(1.0)
+    no_chunks = [dict(r, chunk_times_s=None) for r in reqs]
+    assert summarize_gate.waves({"load": {"concurrency": 2, "request_rate": None}, "requests": no_chunks}) is None
