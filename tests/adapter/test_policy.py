@@ -79,6 +79,21 @@ def test_observed_steps_refit_the_table_and_gaps_are_dropped():
     assert not off.observe_step(8, 0.02)
 
 
+def test_observing_steps_never_refits_until_a_decision_reads_the_table(monkeypatch):
+    """A server whose gate keeps drafting off observes every step and decides none: each observation must stay a
+    few scalar updates (a refit solves a linear system; measured in a CPU engine at ~0.2 ms a step)."""
+    table = linear_table()
+    refits = []
+    original = table._refit
+    monkeypatch.setattr(table, "_refit", lambda: (refits.append(1), original())[1])
+    policy = VerifyLengthPolicy("confidence", GAMMA, table)
+    for _ in range(50):
+        assert policy.observe_step(8, 0.03)
+    assert refits == [] and policy.stats.observations == 50
+    policy.lengths(np.full((2, GAMMA), 0.5))  # a decision reads the curve: one refit, from all 50
+    assert refits == [1] and table.step_time(8) > 0.02
+
+
 def test_draft_cost_is_part_of_the_step():
     """The lengths maximise tokens per *engine step*, and a step pays for its draft round too. R = 16, c = 0.5,
     verification 10 ms + 1 ms per token. No round: 16 / 26 ms beats 24 / 42 ms (all first drafts), so none.

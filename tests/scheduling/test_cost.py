@@ -172,6 +172,53 @@ def test_no_observations_means_the_prior_and_observations_are_saved(tmp_path):
     assert saved["step_seconds"] == table.step_seconds.tolist()
 
 
+def reference_normal_equations(xs, prior, observations, memory):
+    """The refit's forgetting normal equations built densely in float64: interpolation weights w at B, features
+    a = w * prior / (w @ prior), gram = sum rho^age a a^T, rhs = sum rho^age a t / (w @ prior)."""
+    x, prior = np.asarray(xs, dtype=np.float64), np.asarray(prior, dtype=np.float64)
+    rho, p = 1.0 - 1.0 / memory, len(x)
+    gram, rhs = np.zeros((p, p)), np.zeros(p)
+    for b, t in observations:
+        w = np.zeros(p)
+        if b <= x[0]:
+            w[0] = 1.0
+        else:
+            hi = min(max(int(np.searchsorted(x, b, side="right")), 1), p - 1)
+            u = (b - x[hi - 1]) / (x[hi] - x[hi - 1])
+            w[hi - 1], w[hi] = 1 - u, u
+        a = w * prior / (w @ prior)
+        gram = rho * gram + np.outer(a, a)
+        rhs = rho * rhs + a * t / (w @ prior)
+    return gram, rhs
+
+
+def test_per_step_observe_matches_the_dense_normal_equations():
+    rng = np.random.default_rng(7)
+    xs = [1, 3, 8, 20, 64, 200]
+    prior = np.sort(rng.uniform(0.01, 0.2, len(xs)))
+    # below the first node, on nodes, between them and beyond the last (extrapolated)
+    obs = [(float(b), float(rng.uniform(0.005, 0.3))) for b in rng.choice([1, 2, 3, 5.5, 8, 100, 200, 350], 300)]
+    one, many = CostTable(xs, prior, memory=64), CostTable(xs, prior, memory=64)
+    for b, t in obs:
+        one.observe_one(b, t)
+    many.observe([b for b, _ in obs], [t for _, t in obs])
+    gram, rhs = reference_normal_equations(xs, prior, obs, 64)
+    for table in (one, many):
+        np.testing.assert_allclose(table._gram, gram, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(table._rhs, rhs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(one.step_seconds, many.step_seconds)
+
+
+def test_step_time_as_fitted_reads_the_last_refit_without_refitting():
+    table = CostTable(XS, YS)
+    for b in (1, 5, 32, 200, 900):  # the prior's curve before any observation, extrapolated beyond the end
+        assert table.step_time_as_fitted(b) == pytest.approx(float(table.step_time(b)), rel=1e-12)
+    table.observe_one(32, 10 * float(ref_step_time(32)))
+    assert table.step_time_as_fitted(32) == pytest.approx(YS[2], rel=1e-12)  # stale: no refit yet
+    refit = float(table.step_time(32))  # a decision's read refits
+    assert refit > 1.5 * YS[2] and table.step_time_as_fitted(32) == pytest.approx(refit, rel=1e-12)
+
+
 def test_observe_validation():
     table = CostTable(XS, YS)
     with pytest.raises(ValueError, match="seconds"):
@@ -180,3 +227,10 @@ def test_observe_validation():
         table.observe(0, 0.01)
     with pytest.raises(ValueError, match="2 values but seconds has 1"):
         table.observe([1, 2], [0.01])
+    with pytest.raises(ValueError, match="seconds"):
+        table.observe_one(8, float("nan"))
+    with pytest.raises(ValueError, match="batch_tokens"):
+        table.observe_one(0.5, 0.01)
+    with pytest.raises(ValueError, match="seconds"):  # an array is checked whole before any of it is kept
+        table.observe([8, 16], [0.02, -1.0])
+    assert table.num_observations == 0

@@ -144,12 +144,12 @@ class VerifyLengthPolicy:
         if not self.online_refit or self.table is None or batch_tokens < 1 or not seconds > 0:
             return False
         recent = self.stats.recent  # ratios observed / predicted of kept observations
-        ratio = seconds / float(self.table.step_time(batch_tokens))
+        ratio = seconds / self.table.step_time_as_fitted(batch_tokens)  # no refit per step: only decisions need one
         bound = self.max_ratio * (statistics.median(recent) if len(recent) >= 8 else 2.5)
         keep = ratio <= bound
         if keep:
             recent.append(ratio)
-            self.table.observe(batch_tokens, seconds)
+            self.table.observe_one(batch_tokens, seconds)
             self.stats.observations += 1
         else:
             self.stats.rejected_observations += 1

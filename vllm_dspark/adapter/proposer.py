@@ -118,6 +118,7 @@ class DSparkProposer(DFlashProposer):
         self._gate_obs: _GateObservation | None = None  # the last step, for the draft gate
         mib = serving.context_kv_backlog_mib
         self._backlog = ContextBacklog(mib << 20) if mib else None  # context rows of rounds that drafted nothing
+        self._no_draft_rounds = compat.gate_off_returns_no_drafts(vllm_config)  # fixed for the engine's life
         name, why = block_backend(device)
         logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
 
@@ -382,7 +383,7 @@ class DSparkProposer(DFlashProposer):
             self._round_phases = self._phases
             return drafts
         if not compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
-            if compat.gate_off_returns_no_drafts(self.vllm_config):
+            if self._no_draft_rounds:
                 # the next step is scheduled from these drafts: none, so it is scheduled, run and sampled as
                 # without speculation (placeholders cost the scheduler and the runner γ slots per request to cut)
                 drafts = self._skip_round(0, **kwargs)

@@ -17,6 +17,7 @@ The solution is projected onto non-decreasing step times (weighted isotonic regr
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from pathlib import Path
@@ -131,6 +132,9 @@ class CostTable:
         self._rhs = np.zeros(p)  # [P]
         self._fitted = y.copy()
         self._dirty = False
+        self._x_list = x.astype(np.float64).tolist()  # the per-step path reads these as Python floats
+        self._prior_list = y.tolist()
+        self._fitted_list = self._prior_list
 
     # ----- evaluation -----
     @property
@@ -147,6 +151,16 @@ class CostTable:
         out = step_seconds_numpy(batch_tokens, self.batch_tokens, self.step_seconds)
         return float(out) if np.ndim(out) == 0 else out
 
+    def step_time_as_fitted(self, batch_tokens: float) -> float:
+        """Step seconds at B on the curve as last refit, without refitting first: for per-step checks that a curve
+        a few observations old serves as well (the refit solves a P × P system; a server whose rounds do not draft
+        reads the curve only to screen its observations, and must not pay for a refit every step)."""
+        b, x, y = float(batch_tokens), self._x_list, self._fitted_list
+        if b <= x[0]:
+            return y[0]
+        hi = min(max(bisect.bisect_right(x, b), 1), len(x) - 1)
+        return y[hi - 1] + (b - x[hi - 1]) * ((y[hi] - y[hi - 1]) / (x[hi] - x[hi - 1]))
+
     def as_tensors(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(table_x [P] float64, table_y [P] float64 step seconds) for tensor batch sizes (`step_time` on a tensor)."""
         x = torch.as_tensor(self.batch_tokens, dtype=torch.float64, device=device)
@@ -154,17 +168,15 @@ class CostTable:
         return x, y
 
     # ----- online refit -----
-    def _features(self, b: float) -> np.ndarray:
-        """Interpolation weights of node values at B (two non-zero; the lower one negative beyond the end)."""
-        x = self.batch_tokens.astype(np.float64)
-        w = np.zeros(len(x))
+    def _features(self, b: float) -> tuple[int, float, float]:
+        """Interpolation weights of node values at B as (lo, w_lo, w_hi): w_hi weighs node lo + 1 (the lower
+        weight is negative beyond the end). Pure Python: a server calls it every engine step."""
+        x = self._x_list
         if b <= x[0]:
-            w[0] = 1.0
-            return w
-        hi = int(min(max(np.searchsorted(x, b, side="right"), 1), len(x) - 1))
+            return 0, 1.0, 0.0
+        hi = min(max(bisect.bisect_right(x, b), 1), len(x) - 1)
         u = (b - x[hi - 1]) / (x[hi] - x[hi - 1])
-        w[hi - 1], w[hi] = 1.0 - u, u
-        return w
+        return hi - 1, 1.0 - u, u
 
     def observe(self, batch_tokens, seconds) -> None:
         """Record measured step times (scalars or equal-length arrays) for the refit."""
@@ -176,14 +188,37 @@ class CostTable:
             raise ValueError(f"observe: batch_tokens must be >= 1, got {bs.tolist()}")
         if not (np.all(np.isfinite(ts)) and np.all(ts > 0)):
             raise ValueError(f"observe: seconds must be finite and > 0, got {ts.tolist()}")
-        rho = 1.0 - 1.0 / self.memory
         for b, t in zip(bs.tolist(), ts.tolist()):
-            w = self._features(b)
-            prior_b = float(w @ self.prior_seconds)
-            a = w * self.prior_seconds / prior_b  # relative features: sum(a) == 1, unit-free residuals
-            self._gram = rho * self._gram + np.outer(a, a)
-            self._rhs = rho * self._rhs + a * (t / prior_b)
-        self.num_observations += bs.size
+            self._observe_valid(b, t)
+
+    def observe_one(self, batch_tokens: float, seconds: float) -> None:
+        """`observe` for one step (the per-step path: a few scalar updates, no array temporaries)."""
+        b, t = float(batch_tokens), float(seconds)
+        if not (math.isfinite(b) and b >= 1):
+            raise ValueError(f"observe: batch_tokens must be >= 1, got {batch_tokens}")
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"observe: seconds must be finite and > 0, got {seconds}")
+        self._observe_valid(b, t)
+
+    def _observe_valid(self, b: float, t: float) -> None:
+        lo, w_lo, w_hi = self._features(b)
+        prior = self._prior_list
+        a_lo = w_lo * prior[lo]
+        a_hi = w_hi * prior[lo + 1] if w_hi else 0.0
+        prior_b = a_lo + a_hi
+        a_lo, a_hi = a_lo / prior_b, a_hi / prior_b  # relative features: they sum to 1, unit-free residuals
+        rho = 1.0 - 1.0 / self.memory
+        gram, rhs = self._gram, self._rhs
+        gram *= rho
+        rhs *= rho
+        gram[lo, lo] += a_lo * a_lo
+        rhs[lo] += a_lo * (t / prior_b)
+        if a_hi:
+            gram[lo, lo + 1] += a_lo * a_hi
+            gram[lo + 1, lo] += a_lo * a_hi
+            gram[lo + 1, lo + 1] += a_hi * a_hi
+            rhs[lo + 1] += a_hi * (t / prior_b)
+        self.num_observations += 1
         self._dirty = True
 
     def _refit(self) -> None:
@@ -194,6 +229,7 @@ class CostTable:
         ratio = np.clip(ratio, 1e-3, 1e3)  # a wild observation must never make a step free or infinite
         info = np.diag(self._gram) + self.prior_strength
         self._fitted = _isotonic_non_decreasing(ratio * self.prior_seconds, info)
+        self._fitted_list = self._fitted.tolist()
         self._dirty = False
 
     # ----- construction and persistence -----
