@@ -158,6 +158,26 @@ def test_a_load_that_loses_sets_larger_loads_off_without_exploring():
     assert run_engine(gate, 1, 8, rate_on=70.0, rate_off=100.0)[:4] == [True] * 4  # explores
 
 
+def test_a_settled_load_hands_its_backed_off_probes_to_larger_loads():
+    """A drafter that never pays, settled off at 2 requests (probes backed off): the larger loads met later start
+    as settled, with probes as rare as at 2, instead of a fresh round of frequent probes each (at 16 requests on a
+    CPU, each probe step verifies γ useless drafts per request: half a step's time or more)."""
+    gate = DraftGate(min_samples=4, probe_every=16, max_backoff=16)
+    run_engine(gate, 2, 800, rate_on=70.0, rate_off=100.0)
+    interval = gate.buckets[2].probe_interval
+    assert interval >= 128  # backed off
+    decisions = run_engine(gate, 16, 3 * interval, rate_on=70.0, rate_off=100.0)
+    first = decisions.index(True)
+    assert first >= interval - 1  # not at 16 steps, as an unsettled inherited bucket would probe
+    gaps = _probe_gaps(decisions, True)
+    assert gaps and all(g > interval for g in gaps)  # and it keeps backing off (up to the cap)
+    # an unsettled neighbour (exploration's one sample) hands over the state but not the backoff
+    fresh = DraftGate(min_samples=4, probe_every=16, max_backoff=16)
+    run_engine(fresh, 2, 12, rate_on=70.0, rate_off=100.0)
+    assert not fresh.buckets[2].exploring and not fresh.buckets[2].drafting
+    assert run_engine(fresh, 16, 40, rate_on=70.0, rate_off=100.0).index(True) == 16 - 1  # on the 16th step
+
+
 def test_a_load_that_wins_sets_smaller_loads_on_without_exploring():
     gate = DraftGate(min_samples=4, probe_every=32)
     run_engine(gate, 16, 60, rate_on=130.0, rate_off=100.0)

@@ -38,7 +38,8 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts cost
   more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts with
   drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either skips its
-  exploration and relies on probes. (A drafter that never pays costs its exploration rounds once, not at every load
+  exploration and relies on probes, and where that neighbour's decision is settled, so is the new bucket's until
+  it holds two samples of its own: its probes start at the neighbour's backed-off interval. (A drafter that never pays costs its exploration rounds once, not at every load
   the traffic passes through.) Conflicting evidence, or none, means asking the cost model.
 - What the cost model predicts: with no neighbour to go by, `predict(R)` (the adapter's: the verification policy run
   on recent confidences at R requests, the cost table, and the draft round's cost measured at a smaller load, a lower
@@ -115,6 +116,7 @@ class _Bucket:
     steps: int = 0  # observations used at this bucket (the clock samples age by)
     samples: collections.deque = field(default_factory=collections.deque)  # (steps, drafting tokens, alone tokens)
     pairs: int = 0
+    settled_by: bool = False  # started from a neighbouring load whose decision was settled (until samples of its own)
 
 
 @dataclass
@@ -167,25 +169,35 @@ class DraftGate:
     def _bucket(self, num_requests: int) -> _Bucket:
         key = load_bucket(num_requests)
         if key not in self.buckets:
-            prior = self._prior(key)
+            prior, source = self._prior(key)
             self.stats.inherited += prior is not None
             if prior is None and self.predict is not None:
                 predicted = self.predict(num_requests)
                 if predicted is not None and math.log(max(predicted, 1e-9)) < self.threshold:
                     prior = False
                     self.stats.predicted_off += 1
-            self.buckets[key] = _Bucket(probe_interval=self.probe_every, drafting=prior is not False,
-                                        exploring=prior is None, in_use=collections.deque(maxlen=self.pair_window),
+            # a neighbour's settled decision is settled here too (drafting pays less as the batch grows), so its
+            # probes start as far backed off as the neighbour's: a drafter that never pays does not pay a fresh
+            # round of frequent probes at every load the traffic reaches
+            settled = source is not None and self._settled(source)
+            self.buckets[key] = _Bucket(probe_interval=source.probe_interval if settled else self.probe_every,
+                                        drafting=prior is not False, exploring=prior is None, settled_by=settled,
+                                        in_use=collections.deque(maxlen=self.pair_window),
                                         samples=collections.deque(maxlen=self.pair_memory))
         return self.buckets[key]
 
-    def _prior(self, key: int) -> bool | None:
-        """The state a new bucket can start in without exploring: False when a smaller explored load does not
-        draft, True when a larger explored load drafts, None when neither (or both) holds."""
-        decided = [(k, b.drafting) for k, b in self.buckets.items() if not b.exploring]
-        loses_below = any(k < key and not drafting for k, drafting in decided)
-        wins_above = any(k > key and drafting for k, drafting in decided)
-        return None if loses_below == wins_above else wins_above
+    def _prior(self, key: int) -> tuple[bool | None, _Bucket | None]:
+        """The state a new bucket can start in without exploring, and the neighbour it comes from (the nearest
+        such load): False when a smaller explored load does not draft, True when a larger explored load drafts,
+        (None, None) when neither (or both) holds."""
+        decided = [(k, b) for k, b in self.buckets.items() if not b.exploring]
+        below = [(k, b) for k, b in decided if k < key and not b.drafting]
+        above = [(k, b) for k, b in decided if k > key and b.drafting]
+        if bool(below) == bool(above):
+            return None, None
+        if below:
+            return False, max(below, key=lambda kb: kb[0])[1]
+        return True, min(above, key=lambda kb: kb[0])[1]
 
     def should_draft(self, num_requests: int) -> bool:
         """Whether the round about to run at this load should draft (True) or leave drafting off (False)."""
@@ -254,8 +266,8 @@ class DraftGate:
         estimate. Settled off therefore means "drafting is clearly not going to clear the band", not "drafting
         clearly loses": at a tie (a drafter worth 0.95-1.0x at a high load) off settles and probes back off, as
         each probe costs a little and puts requests out of step, while it could not switch drafting on anyway."""
-        if len(b.samples) < 2:  # exploration's one sample alone never settles it
-            return False
+        if len(b.samples) < 2:  # exploration's one sample alone never settles it; a settled neighbour's decision does
+            return b.settled_by
         mean, err, _ = self._log_gain(b)
         if b.drafting:
             return mean - self.z * err > self.threshold - self.band
