@@ -19,6 +19,31 @@ def test_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
     assert_drafts_match_reference(servers.dump, sequences, e2e_target, e2e_drafter, min_rounds=3 * NUM_PROMPTS)
 
 
+def test_short_blocks_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
+    """Where the policy verified only short prefixes lately at a load (under the fixed table, with many requests in
+    flight a draft must survive with probability ~0.5 to be verified), the backbone runs a block only one slot past the
+    longest of them (a synchronous engine takes fewer than γ drafts per request). A shorter block is not a prefix
+    of the full one (the block attends to itself both ways): its drafts must equal the reference drafter's run on
+    a block of that width."""
+    server, dump = servers.get("confidence"), servers.dump
+    greedy_sequences(server, e2e_prompts[:4])  # one at a time: the low loads (the ramp's and drain's) decide too
+    offset = dump.stat().st_size if dump.exists() else 0
+    out = completions(server, e2e_prompts, max_tokens=48, ignore_eos=True, with_prompt_ids=True, temperature=0.0)
+    sequences = {tuple(p): p + g for p, g in out}
+    with open(dump, "rb") as f:
+        f.seek(offset)
+        rounds = [json.loads(line) for line in f.read().decode().splitlines()]
+    # rounds inside the returned text (not after a partial prefill chunk, not past the last returned token)
+    short = [r for r in rounds if r["block"] < servers.gamma
+             and len(r["prompt_token_ids"]) <= r["anchor_pos"] < len(sequences[tuple(r["prompt_token_ids"])])]
+    widths = sorted({r["block"] for r in rounds})
+    assert len(short) >= 4, f"{len(short)} of {len(rounds)} rounds ran a block shorter than γ (widths {widths})"
+    assert all(len(r["drafts"]) == r["block"] for r in short)  # the sequential head walked the whole short block
+    run_dump = dump.with_name("confidence_short_blocks.jsonl")
+    run_dump.write_text("".join(json.dumps(r) + "\n" for r in short))
+    assert_drafts_match_reference(run_dump, sequences, e2e_target, e2e_drafter, min_rounds=4)
+
+
 def test_drafts_after_rounds_without_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
     """The dynamic server drafts nothing while all 16 requests run (γ = 0: the rounds only keep the drafter's
     context K/V, held back and written in one batch before the next drafting round) and drafts again as requests
