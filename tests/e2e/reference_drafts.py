@@ -56,7 +56,7 @@ def assert_drafts_match_reference(dump: Path, sequences: dict, target_dir: Path,
         assert seq[pos] == r["anchor"], "the dumped anchor is not the token at its position"
         with torch.no_grad():
             out = target(torch.tensor([seq[:pos]]), output_hidden_states=True)
-            # the backbone runs the whole block; the sequential head may have stopped early (r["drafts"] is shorter)
+            # the backbone ran a block of r["block"] slots; the sequential head may have stopped early (shorter drafts)
             block = drafter.draft(target_features(out.hidden_states, layer_ids), torch.arange(pos)[None],
                                   torch.tensor([r["anchor"]]), torch.tensor([pos]), gamma=r["block"])
         depth = len(r["drafts"])

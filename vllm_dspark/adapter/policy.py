@@ -16,8 +16,9 @@ still lets a table profiled on a faster or slower path converge).
 The draft round's time is measured every round and kept per load (`draft_seconds`); the lengths are chosen on the
 cost of a whole engine step, verification (the table) plus that round, since the step period includes both. Whether
 to draft at all at the current load is the `gate`'s decision (scheduling/gate.py; modes confidence and sla), and
-how deep the sequential head walks is `draft_depth`'s: one slot past the longest length decided lately at that
-load, so the round does not draw tokens (each one an LM-head row and a sequential step) nobody will verify.
+how deep the sequential head walks (and, on a synchronous engine, how wide the backbone's block is) is
+`draft_depth`'s: one slot past the longest length decided lately at that load, so the round does not draw tokens
+(each one an LM-head row and a sequential step) nobody will verify.
 At a load the gate meets for the first time it asks `predicted_gain`: what this admission expects drafting to gain
 there over the target alone, from the last confidences, the table and the draft cost measured at a smaller load.
 """
