@@ -417,7 +417,7 @@ class DSparkProposer(DFlashProposer):
         backbone is most of a round (60% at 16 requests on a CPU) and its block attention is bidirectional, so a
         shorter block gives other drafts, not a prefix of the full block's: measured on pycode-23m's drafter
         (block 7), a 4-slot block accepts as often at each of its 4 positions (0.545 / 0.289 / 0.187 / 0.112 vs
-        0.532 / 0.277 / 0.176 / 0.098, 60 held-out prompts, T = 0). Full blocks in mode static and for seeded
+        0.530 / 0.277 / 0.176 / 0.098, 60 held-out prompts, T = 0). Full blocks in mode static and for seeded
         requests (verified in full, and their drafts must not depend on the load)."""
         if not self._no_draft_rounds or self.serving.mode == "static":
             return gamma

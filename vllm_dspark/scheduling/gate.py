@@ -38,9 +38,10 @@ took), and the gate keeps, per load bucket and state (drafting / not), the engin
 - What one load teaches the next: drafting pays less as the batch grows (the step becomes compute-bound, drafts cost
   more per accepted token), so a bucket first seen after a smaller load explored and left drafting off starts with
   drafting off, and one first seen after a larger load explored and kept drafting starts drafting; either skips its
-  exploration and relies on probes, and where that neighbour's decision is settled, so is the new bucket's until
-  it holds two samples of its own: its probes start at the neighbour's backed-off interval. (A drafter that never pays costs its exploration rounds once, not at every load
-  the traffic passes through.) Conflicting evidence, or none, means asking the cost model.
+  exploration and relies on probes, and where that neighbour's decision is settled, so is the new bucket's until it
+  holds two samples of its own: its probes start at the neighbour's backed-off interval. (A drafter that never pays
+  costs its exploration rounds once, not at every load the traffic passes through, nor a fresh round of frequent
+  probes there.) Conflicting evidence, or none, means asking the cost model.
 - What the cost model predicts: with no neighbour to go by, `predict(R)` (the adapter's: the verification policy run
   on recent confidences at R requests, the cost table, and the draft round's cost measured at a smaller load, a lower
   bound here, so the prediction is optimistic) gives drafting's expected gain over the target alone. Below 1 +
