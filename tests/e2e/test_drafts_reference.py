@@ -6,12 +6,15 @@ drafted tokens, confidence logits; `reference_drafts` redrafts each greedy round
 """
 from __future__ import annotations
 
+import collections
 import json
 
 from clients import completions
 from reference_drafts import assert_drafts_match_reference, greedy_sequences
+from server import COMMON_ARGS, Server
 
 NUM_PROMPTS = 4
+GAMMA = 4  # conftest's
 
 
 def test_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
@@ -19,29 +22,34 @@ def test_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
     assert_drafts_match_reference(servers.dump, sequences, e2e_target, e2e_drafter, min_rounds=3 * NUM_PROMPTS)
 
 
-def test_short_blocks_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
-    """Where the policy verified only short prefixes lately at a load (under the fixed table, with many requests in
-    flight a draft must survive with probability ~0.5 to be verified), the backbone runs a block only one slot past the
-    longest of them (a synchronous engine takes fewer than γ drafts per request). A shorter block is not a prefix
-    of the full one (the block attends to itself both ways): its drafts must equal the reference drafter's run on
-    a block of that width."""
-    server, dump = servers.get("confidence"), servers.dump
-    greedy_sequences(server, e2e_prompts[:4])  # one at a time: the low loads (the ramp's and drain's) decide too
-    offset = dump.stat().st_size if dump.exists() else 0
-    out = completions(server, e2e_prompts, max_tokens=48, ignore_eos=True, with_prompt_ids=True, temperature=0.0)
-    sequences = {tuple(p): p + g for p, g in out}
-    with open(dump, "rb") as f:
-        f.seek(offset)
-        rounds = [json.loads(line) for line in f.read().decode().splitlines()]
-    # rounds inside the returned text (not after a partial prefill chunk, not past the last returned token)
-    short = [r for r in rounds if r["block"] < servers.gamma
-             and len(r["prompt_token_ids"]) <= r["anchor_pos"] < len(sequences[tuple(r["prompt_token_ids"])])]
-    widths = sorted({r["block"] for r in rounds})
-    assert len(short) >= 4, f"{len(short)} of {len(rounds)} rounds ran a block shorter than γ (widths {widths})"
-    assert all(len(r["drafts"]) == r["block"] for r in short)  # the sequential head walked the whole short block
-    run_dump = dump.with_name("confidence_short_blocks.jsonl")
+def test_short_blocks_equal_reference(e2e_prompts, e2e_target, e2e_drafter, tmp_path):
+    """Where the policy verified only short prefixes lately at a load, the backbone runs a block only one slot past
+    the longest of them (a synchronous engine takes fewer than γ drafts per request). A shorter block is not a
+    prefix of the full one (the block attends to itself both ways): its drafts must equal the reference drafter's
+    run on a block of that width. Here a cost table on which every verified draft costs a second makes every
+    length 0, so after the first round at each load the block is the narrowest, 2 slots (anchor and one mask)."""
+    table = tmp_path / "steep.json"
+    xs = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    table.write_text(json.dumps({"batch_tokens": xs, "step_seconds": [0.01 + (x - 1) for x in xs]}))
+    spec = {"method": "dflash", "model": str(e2e_drafter), "num_speculative_tokens": GAMMA,
+            "dspark": {"mode": "confidence", "cost_table": str(table), "online_refit": False, "draft_gate": False}}
+    dump = tmp_path / "drafts.jsonl"
+    server = Server("narrow", [*COMMON_ARGS, "--speculative-config", json.dumps(spec)],
+                    {"VLLM_DSPARK_DEBUG_DUMP": str(dump)}, tmp_path / "narrow.log")
+    server.start(e2e_target)
+    try:
+        server.wait_ready()
+        sequences = greedy_sequences(server, e2e_prompts[:NUM_PROMPTS])
+    finally:
+        server.stop()
+    rounds = [json.loads(line) for line in dump.read_text().splitlines()]
+    widths = collections.Counter(r["block"] for r in rounds)
+    assert widths[2] >= 0.8 * len(rounds), f"block widths {dict(widths)}: expected 2 after each load's first round"
+    short = [r for r in rounds if r["block"] == 2]
+    assert all(len(r["drafts"]) == 1 for r in short)  # and the sequential head stops one past the lengths (0)
+    run_dump = tmp_path / "short_blocks.jsonl"
     run_dump.write_text("".join(json.dumps(r) + "\n" for r in short))
-    assert_drafts_match_reference(run_dump, sequences, e2e_target, e2e_drafter, min_rounds=4)
+    assert_drafts_match_reference(run_dump, sequences, e2e_target, e2e_drafter, min_rounds=3 * NUM_PROMPTS)
 
 
 def test_drafts_after_rounds_without_drafts_equal_reference(servers, e2e_prompts, e2e_target, e2e_drafter):
