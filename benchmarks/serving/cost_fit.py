@@ -96,14 +96,14 @@ def time_split(records: list[dict]) -> dict:
         return {"steps": len(rows), "seconds": sum(r["period_s"] for r in rows)}
 
     decode = decoding(records)
-    periods: dict[int, tuple[list, list]] = {}
-    for r in decode:
-        periods.setdefault(load_bucket(int(r["requests"])), ([], []))[0 if r["drafted"] else 1].append(r["period_s"])
     gains = {int(r["requests"]): r["gate_gain"] for r in records if r.get("gate_gain") is not None}
+    periods: dict[int, tuple[list, list]] = {}
     rates: dict[int, list] = {}
     for r in decode:
+        bucket = load_bucket(int(r["requests"]))
+        periods.setdefault(bucket, ([], []))[0 if r["drafted"] else 1].append(r["period_s"])
         if r.get("generated_tokens") is not None:
-            sums = rates.setdefault(load_bucket(int(r["requests"])), [0.0, 0.0, 0.0, 0.0])
+            sums = rates.setdefault(bucket, [0.0, 0.0, 0.0, 0.0])
             sums[0 if r["drafted"] else 2] += r["generated_tokens"]
             sums[1 if r["drafted"] else 3] += r["period_s"]
     return {"prefill": part([r for r in records if r.get("prefill")]),

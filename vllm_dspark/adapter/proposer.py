@@ -66,6 +66,11 @@ class PendingConfidences:
     depth: int | None = None  # slots the round drafted; past them are placeholders, never verified (None: all)
 
 
+def _seeded_rows(sampling_metadata, num_req: int) -> list[int]:
+    """Rows among the first `num_req` whose request carries a seed (its own generator)."""
+    return [i for i in (sampling_metadata.generators or {}) if i < num_req]
+
+
 class DSparkProposer(DFlashProposer):
     def __init__(self, vllm_config, device: torch.device, runner=None):
         super().__init__(vllm_config, device, runner=runner)
@@ -339,7 +344,7 @@ class DSparkProposer(DFlashProposer):
         self._request_temps = None if temps is None else temps[:num_req]
         probabilistic = self._enable_probabilistic_draft_probs and not sampling_metadata.all_greedy
         seeds, offsets = self._draft_seeds(sampling_metadata, num_req)
-        self._seeded_rows = [i for i in (sampling_metadata.generators or {}) if i < num_req]
+        self._seeded_rows = _seeded_rows(sampling_metadata, num_req)
         depth = self._depth = self._draft_depth(num_req, gamma, probabilistic)
         block = hidden_states.view(num_req, gamma, -1)[:, :depth]  # the backbone ran all `gamma` slots
         with self._phase("round"):
@@ -421,7 +426,7 @@ class DSparkProposer(DFlashProposer):
         requests (verified in full, and their drafts must not depend on the load)."""
         if not self._no_draft_rounds or self.serving.mode == "static":
             return gamma
-        if any(i < num_req for i in (sampling_metadata.generators or {})):
+        if _seeded_rows(sampling_metadata, num_req):
             return gamma
         return max(2, min(gamma, self.policy.draft_depth(num_req)))  # keep one mask slot: the layout DSpark trains
 
@@ -431,7 +436,7 @@ class DSparkProposer(DFlashProposer):
         gate = self.policy.gate
         if gate is None or self.policy.table is None or num_req < 1:
             return True
-        if any(i < num_req for i in (sampling_metadata.generators or {})):
+        if _seeded_rows(sampling_metadata, num_req):
             return True
         draft = gate.should_draft(num_req)
         self._publish_counters()
