@@ -54,6 +54,20 @@ SYMBOLS: dict[str, list[tuple[str, str]]] = {
         ("v1/core/sched/scheduler.py", "Scheduler.make_spec_decoding_stats"),
         ("v1/core/sched/async_scheduler.py", "AsyncScheduler"),
     ],
+    "patch_draft_handoff": [
+        ("v1/worker/gpu_worker.py", "Worker.sample_tokens"),
+        ("v1/executor/multiproc_executor.py", "MultiprocExecutor.execute_model"),
+        ("v1/executor/multiproc_executor.py", "MultiprocExecutor.sample_tokens"),
+        ("v1/executor/multiproc_executor.py", "MultiprocExecutor.take_draft_token_ids"),
+        ("v1/engine/core.py", "EngineCore.step"),
+        ("v1/engine/core.py", "EngineCore.post_step"),
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner.take_draft_token_ids"),
+    ],
+    "patch_sample_without_drafts": [
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner._sample"),
+        ("v1/spec_decode/metadata.py", "SpecDecodeMetadata.__post_init__"),
+        ("v1/sample/rejection_sampler.py", "RejectionSampler.forward"),
+    ],
     "relied on: stat logger entry point (setup.py)": [
         ("v1/metrics/loggers.py", "load_stat_logger_plugin_factories"),
         ("v1/metrics/loggers.py", "StatLoggerBase"),

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # What a server with the drafter loaded but drafting nothing (γ = 0) costs over the target alone, in steady decoding:
 # each server in turn (no-spec, then γ = 0), CONC client threads sending their prompt again and again for 45 s, and a
-# py-spy profile (250 Hz, raw stacks, server and engine core) of 25 s of it. Prints both throughputs and, per
-# function, the share of profile samples whose stack holds it.
+# py-spy profile (250 Hz, raw stacks, API server, engine core and worker) of 25 s of it. Prints both throughputs and,
+# per process and function, the profile samples whose stack holds it, per 1000 samples of the target's forward (the
+# worker's `_model_forward`): the forward costs the same in both servers, so this is each part's time per step as a
+# fraction of the forward's, whatever the number of steps each profile caught.
 #   bash benchmarks/serving/profile_spec_overhead.sh TESTBED PROMPTS [OUT]
 # TESTBED: a `benchmarks.serving.testbed` folder (target/, drafters/dspark/); PROMPTS: JSONL with "prompt".
-# CONC (default 16; at most 16: the γ = 0 schedule covers 1-16 requests), PORT (8731), KV_SPACE_GIB (1).
+# CONC (default 16; at most 16: the γ = 0 schedule covers 1-16 requests), PORT (8731), KV_SPACE_GIB (1),
+# SPEC (the second server's --speculative-config JSON; default: γ = 0 for 1-16 requests through vLLM's
+# num_speculative_tokens_per_batch_size, drafter $TESTBED/drafters/dspark; e.g. mode confidence with its draft gate
+# and a cost table, for a drafter the gate turns off).
 # Needs `pip install py-spy`.
 set -euo pipefail
 TESTBED=$(cd "${1:?testbed folder}" && pwd)
@@ -13,8 +18,8 @@ PROMPTS=${2:?prompts JSONL}
 OUT=${3:-runs/profile-spec-overhead}
 CONC=${CONC:-16}; PORT=${PORT:-8731}
 mkdir -p "$OUT"
-SPEC='{"method": "dflash", "model": "'$TESTBED/drafters/dspark'", "num_speculative_tokens": 4,
-       "dspark": {"mode": "static"}, "num_speculative_tokens_per_batch_size": [[1, 16, 0]]}'
+SPEC=${SPEC:-'{"method": "dflash", "model": "'$TESTBED/drafters/dspark'", "num_speculative_tokens": 4,
+       "dspark": {"mode": "static"}, "num_speculative_tokens_per_batch_size": [[1, 16, 0]]}'}
 for cfg in nospec gamma0; do
   args=(--model "$TESTBED/target" --max-model-len 1024 --enforce-eager --seed 0 --port "$PORT")
   [ $cfg = gamma0 ] && args+=(--speculative-config "$SPEC")
@@ -55,19 +60,32 @@ PY
 done
 for cfg in nospec gamma0; do echo "$cfg: $(cat "$OUT/load-$cfg.json")"; done
 python - "$OUT/nospec.txt" "$OUT/gamma0.txt" <<'PY'
-import collections, sys
+import collections, re, sys
+PROCESSES = ("API server", "EngineCore", "Worker")
+FUNCTIONS = {  # process -> functions whose samples are counted (a sample counts for every function in its stack)
+    "Worker": ("_model_forward", "_prepare_inputs", "sample_tokens", "_sample (", "propose_draft_token_ids",
+               "DSparkProposer.propose", "_skip_round", "_bookkeeping_sync", "acquire_read"),
+    "EngineCore": ("schedule (", "update_from_output", "post_step", "take_draft_token_ids"),
+    "API server": ("",),
+}
 def stacks(path):
-    out = collections.Counter()
+    """{process: Counter(stack without process frames)}; the innermost `process` frame names the process."""
+    out = collections.defaultdict(collections.Counter)
     for line in open(path):
         stack, _, n = line.rstrip().rpartition(" ")
-        if stack and n.isdigit():  # a frame may hold spaces, the count is the last field
-            out[stack] += int(n)
+        if not (stack and n.isdigit()):  # a frame may hold spaces, the count is the last field
+            continue
+        frames = stack.split(";")
+        procs = [f for f in frames if f.startswith("process ")]
+        name = next((p for p in PROCESSES if procs and p in procs[-1]), "API server")
+        out[name][";".join(f for f in frames if not f.startswith("process "))] += int(n)
     return out
-a, b = stacks(sys.argv[1]), stacks(sys.argv[2])
-ta, tb = sum(a.values()), sum(b.values())
-print(f"{'function (share of samples)':34s} {'nospec':>8s} {'gamma0':>8s}")
-for name in ("_model_forward", "sample_tokens", "propose_draft_token_ids", "_skip_round", "_prepare_inputs",
-             "_build_attention_metadata", "_bookkeeping_sync", "update_from_output", "schedule ("):
-    share = lambda s, t: 100 * sum(n for k, n in s.items() if name in k) / t
-    print(f"{name:34s} {share(a, ta):7.1f}% {share(b, tb):7.1f}%")
+runs = [stacks(path) for path in sys.argv[1:3]]
+forward = [max(1, sum(n for k, n in r["Worker"].items() if "_model_forward" in k)) for r in runs]
+print(f"{'process: function (samples per 1000 of the forward)':58s} {'nospec':>8s} {'gamma0':>8s}")
+for proc in PROCESSES:
+    for name in FUNCTIONS[proc]:
+        cells = [1000 * sum(n for k, n in r[proc].items() if name in k) / f for r, f in zip(runs, forward)]
+        label = f"{proc}: {name or 'all samples'}"
+        print(f"{label:58s} {cells[0]:8.1f} {cells[1]:8.1f}")
 PY

@@ -51,7 +51,8 @@ def test_catalog_lists_every_patch_module_and_apply_is_idempotent(applied):
 
 def test_selection_is_version_and_platform_gated():
     names = lambda **kw: {p.module for p in patches.selected(**kw)}  # noqa: E731
-    everywhere = {"patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup",
+    everywhere = {"patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_draft_handoff",
+                  "patch_sample_without_drafts",
                   *patches.TRIM_PATCHES}
     for version in ("0.26.0", "0.30.0", "0.32.0", "0.33.0"):
         assert names(version=Version(version), is_cpu=False) == everywhere
@@ -239,6 +240,83 @@ def test_scheduler_unverified_target_shape(applied):
     assert "num_invalid_spec_tokens=scheduler_output.num_invalid_spec_tokens" in update
     stats = source(unverified._originals["make_spec_decoding_stats"])
     assert "num_draft_tokens -= num_invalid_spec_tokens.get(request_id, 0)" in stats
+
+
+# ---------------------------------------------------------------- patch_draft_handoff
+def test_draft_handoff_target_shape(applied):
+    """The sync engine core fetches drafts with `take_draft_token_ids` right after the step's `update_from_output`
+    (nothing reaches the worker in between), and the worker's `sample_tokens` ends the runner's step."""
+    from vllm.v1.engine.core import EngineCore
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.gpu_worker import Worker
+
+    from vllm_dspark.adapter.patches import patch_draft_handoff as handoff
+
+    assert Worker.sample_tokens.__dspark_wrapped__ and "sample_tokens" not in CPUWorker.__dict__
+    assert params(handoff._worker_originals["sample_tokens"]) == ["self", "grammar_output"]
+    assert "return self.model_runner.sample_tokens(grammar_output)" in source(handoff._worker_originals["sample_tokens"])
+    for name in handoff._executor_originals:
+        assert getattr(MultiprocExecutor, name).__dspark_wrapped__
+    assert params(handoff._executor_originals["take_draft_token_ids"]) == ["self"]
+    assert params(handoff._executor_originals["sample_tokens"])[:2] == ["self", "grammar_output"]
+    assert '"take_draft_token_ids"' in source(handoff._executor_originals["take_draft_token_ids"])
+    post = source(EngineCore.post_step)
+    assert "not self.async_scheduling and model_executed" in post
+    assert "draft_token_ids = self.model_executor.take_draft_token_ids()" in post
+    step = source(EngineCore.step)
+    assert step.index("self.model_executor.sample_tokens(grammar_output)") < step.index("update_from_output(")
+    runner_take = source(GPUModelRunner.take_draft_token_ids)
+    assert "return DraftTokenIds(req_ids, draft_token_ids)" in runner_take
+
+
+def test_draft_handoff_replaces_the_rpc_only_for_the_step_that_brought_drafts(applied):
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+    from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
+
+    from vllm_dspark.adapter.patches import patch_draft_handoff as handoff
+
+    class Runner:
+        def __init__(self, drafts):
+            self.drafts, self.calls = drafts, 0
+
+        def take_draft_token_ids(self):
+            self.calls += 1
+            return self.drafts
+
+    drafts = DraftTokenIds(["a", "b"], [[5, 6], []])
+    out = handoff.attach_drafts(ModelRunnerOutput(req_ids=["a", "b"], req_id_to_index={"a": 0, "b": 1}),
+                                Runner(drafts))
+    assert getattr(out, handoff.DRAFTS_ATTR) == (drafts,)
+
+    executor = MultiprocExecutor.__new__(MultiprocExecutor)  # no workers: the originals are stubbed below
+    rpcs = []
+    originals = handoff._executor_originals
+    wrappers = handoff._executor_wrappers(
+        execute_model=lambda self, *a, **k: None,
+        sample_tokens=lambda self, *a, **k: self._next_output,
+        take_draft_token_ids=lambda self: rpcs.append(1) or "from the worker")
+    executor._next_output = out
+    wrappers["execute_model"](executor, "scheduler output")
+    assert wrappers["sample_tokens"](executor, None) is out
+    assert wrappers["take_draft_token_ids"](executor) is drafts and not rpcs
+    assert wrappers["take_draft_token_ids"](executor) == "from the worker" and len(rpcs) == 1  # taken once
+    none_out = handoff.attach_drafts(ModelRunnerOutput(req_ids=[], req_id_to_index={}), Runner(None))
+    executor._next_output = none_out
+    wrappers["execute_model"](executor, "next")
+    wrappers["sample_tokens"](executor, None)
+    assert wrappers["take_draft_token_ids"](executor) is None and len(rpcs) == 1  # "no drafts" is an answer too
+    executor._next_output = ModelRunnerOutput(req_ids=[], req_id_to_index={})  # nothing attached: ask the worker
+    wrappers["execute_model"](executor, "next")
+    wrappers["sample_tokens"](executor, None)
+    assert wrappers["take_draft_token_ids"](executor) == "from the worker" and len(rpcs) == 2
+    executor._next_output = out  # drafts kept from a step, then a new step whose output came from execute_model
+    wrappers["execute_model"](executor, "a")
+    wrappers["sample_tokens"](executor, None)
+    wrappers["execute_model"](executor, "b")
+    assert wrappers["take_draft_token_ids"](executor) == "from the worker" and len(rpcs) == 3
+    assert set(originals) == {"execute_model", "sample_tokens", "take_draft_token_ids"}
 
 
 # ---------------------------------------------------------------- patch_cpu_expand_kernel

@@ -645,7 +645,9 @@ class _GateObservation:
 
     def __init__(self, num_req: int, drafted: bool, num_tokens: int, seconds: float, num_rejected):
         self.num_req, self.drafted, self.num_tokens, self.seconds = num_req, drafted, num_tokens, seconds
-        self._rejected = None if num_rejected is None else num_rejected.sum().to("cpu", non_blocking=True)
+        # a step that verified no drafts rejected none: no device op for it (most steps while drafting is off)
+        self._rejected = None if num_rejected is None or not drafted \
+            else num_rejected.sum().to("cpu", non_blocking=True)
 
     def rejected(self) -> int:
         return 0 if self._rejected is None else int(self._rejected)

@@ -94,6 +94,29 @@ CATALOG: tuple[Patch, ...] = (
             "in stats only); a request cut to 0 drafts is no draft round",
         remove_when="with patch_runner_trim",
     ),
+    Patch(
+        "patch_draft_handoff",
+        "vllm.v1.worker.gpu_worker.Worker.sample_tokens, "
+        "vllm.v1.executor.multiproc_executor.MultiprocExecutor.{execute_model,sample_tokens,take_draft_token_ids}",
+        "0.26", "0.34",
+        why="a synchronous engine core fetches each step's drafts with one more worker RPC after the step, on the "
+            "critical path of every step, drafting or not",
+        how="wrap: the worker puts the runner's `take_draft_token_ids()` on the step's ModelRunnerOutput; the "
+            "executor keeps it from `sample_tokens` and `take_draft_token_ids` returns it instead of the RPC "
+            "(DSpark drafters, multiprocess executor, sync scheduling, one pipeline stage)",
+        upstream="none (vLLM's sync engine could take the drafts from the step output itself)",
+        remove_when="vLLM returns a synchronous step's drafts with its output",
+    ),
+    Patch(
+        "patch_sample_without_drafts", "vllm.v1.worker.gpu_model_runner.GPUModelRunner._sample", "0.26", "0.34",
+        why="a step with no draft to verify (drafting gated off, or every draft cut) still goes through the "
+            "rejection sampler, which samples the bonus tokens with the runner's sampler and then verifies "
+            "empty tensors",
+        how="wrap: when the step's `SpecDecodeMetadata.max_spec_len` is 0, take the runner's no-speculation "
+            "branch (same sampler, logits rows and generators); DSpark drafters only",
+        upstream="none (vLLM could skip its rejection sampler for steps without drafts)",
+        remove_when="vLLM samples steps without drafts with its plain sampler",
+    ),
 )
 
 SKIP_ENV = "VLLM_DSPARK_SKIP_PATCHES"  # comma-separated patch modules not to apply (debugging, bisecting)
