@@ -309,3 +309,40 @@ def test_gain_is_tokens_over_time(drafting_steps, expected):
         gate.observe(1, True, tokens, seconds)
     assert b.pairs == 16
     assert gate.gain(1) == pytest.approx(expected, rel=1e-6)
+
+
+class _Uncached(DraftGate):
+    """The gain recomputed from the samples at every read, aged from the current step (the definition)."""
+
+    def _log_gain(self, b):
+        import math
+
+        if not b.samples:
+            return 0.0, math.inf, 0.0
+        w = [0.5 ** ((b.steps - at) / self.half_life) for at, _, _ in b.samples]
+        total = sum(w)
+        gain = sum(wi * d for wi, (_, d, _) in zip(w, b.samples)) / sum(wi * a for wi, (_, _, a) in zip(w, b.samples))
+        alone = sum(wi * a for wi, (_, _, a) in zip(w, b.samples))
+        spread = math.sqrt(sum(wi * (d - gain * a) ** 2 for wi, (_, d, a) in zip(w, b.samples)) / total) \
+            / (gain * alone / total)
+        n_eff = total * total / sum(wi * wi for wi in w)
+        return math.log(gain), max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_kept_gain_is_the_gain_recomputed_every_step(seed):
+    """The gate reads each load's gain every step and keeps it until that load's samples change: decisions and
+    gains equal those of a gate that recomputes it at every read, over loads, acceptances and noise that switch."""
+    rng = random.Random(seed)
+    kept, fresh = DraftGate(min_samples=3, probe_every=8), _Uncached(min_samples=3, probe_every=8)
+    for _ in range(1500):
+        num_req = rng.choice([1, 1, 1, 2, 4, 8])
+        draft = kept.should_draft(num_req)
+        assert fresh.should_draft(num_req) == draft
+        tokens = num_req * (rng.choice([1, 3]) if draft else 1)
+        seconds = tokens / (rng.choice([60.0, 140.0]) if draft else 100.0) * rng.uniform(0.9, 1.1)
+        assert kept.observe(num_req, draft, tokens, seconds) == fresh.observe(num_req, draft, tokens, seconds)
+    assert kept.stats == fresh.stats and kept.stats.switches > 0
+    for key, b in kept.buckets.items():
+        if b.samples:
+            assert kept._log_gain(b) == pytest.approx(fresh._log_gain(fresh.buckets[key]), rel=1e-9)

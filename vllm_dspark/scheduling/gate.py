@@ -116,6 +116,7 @@ class _Bucket:
     last_seen: int = 0  # the gate's observation count at this bucket's last step
     steps: int = 0  # observations used at this bucket (the clock samples age by)
     samples: collections.deque = field(default_factory=collections.deque)  # (steps, drafting tokens, alone tokens)
+    log_gain: tuple[float, float, float] | None = None  # _log_gain of `samples`, until they change
     pairs: int = 0
     settled_by: bool = False  # started from a neighbouring load whose decision was settled (until samples of its own)
 
@@ -217,6 +218,7 @@ class DraftGate:
                 alone = sum(a for _, _, a in b.samples) / len(b.samples)
                 b.samples.clear()
                 b.samples.append((at, alone * math.exp(mean), alone))
+                b.log_gain = None
             elif b.probe_left == 0:
                 self._maybe_switch(b)
             if b.probe_left == 0:
@@ -250,7 +252,12 @@ class DraftGate:
         depending on whether tokens or seconds vary)."""
         if not b.samples:
             return 0.0, math.inf, 0.0
-        w = [0.5 ** ((b.steps - at) / self.half_life) for at, _, _ in b.samples]
+        if b.log_gain is not None:  # read every step; it changes only with the samples (below)
+            return b.log_gain
+        # ages from the newest sample, not from now: every weight ages by the same factor a step, and each of the
+        # three results is a ratio of weighted sums, so they hold until the samples change
+        newest = b.samples[-1][0]
+        w = [0.5 ** ((newest - at) / self.half_life) for at, _, _ in b.samples]
         total = sum(w)
         drafting = sum(wi * d for wi, (_, d, _) in zip(w, b.samples))
         alone = sum(wi * a for wi, (_, _, a) in zip(w, b.samples))
@@ -259,7 +266,8 @@ class DraftGate:
         spread = math.sqrt(sum(wi * (d - gain * a) ** 2 for wi, (_, d, a) in zip(w, b.samples)) / total) \
             / (gain * alone / total)
         n_eff = total * total / sum(wi * wi for wi in w)
-        return math.log(gain), max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
+        b.log_gain = math.log(gain), max(spread, self.min_spread) / math.sqrt(n_eff), n_eff
+        return b.log_gain
 
     def _settled(self, b: _Bucket) -> bool:
         """Whether the recent samples put the gain clearly on the side of the state in use: the gain at which the
@@ -329,6 +337,7 @@ class DraftGate:
             drafting, alone = (tokens, seconds * ref) if drafted else (seconds * ref, tokens)
             b.pairs += 1
             b.samples.append((b.steps, float(drafting), float(alone)))
+            b.log_gain = None
             if self._says_switch(b, math.log(drafting / alone)):
                 b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
