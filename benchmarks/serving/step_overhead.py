@@ -25,7 +25,7 @@ PARTS = [  # (class, method), timed where the class has it
     ("runner", "execute_model"), ("runner", "sample_tokens"), ("runner", "propose_draft_token_ids"),
     ("runner", "_sample"), ("RejectionSampler", "forward"), ("Sampler", "forward"),
     ("proposer", "propose"), ("proposer", "_observe_step"), ("proposer", "_skip_round"),
-    ("proposer", "_gate_says_draft"),
+    ("proposer", "_gate_says_draft"), ("proposer", "_write_backlog"),
 ]
 
 
