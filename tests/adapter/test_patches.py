@@ -271,6 +271,27 @@ def test_draft_handoff_target_shape(applied):
     assert "return DraftTokenIds(req_ids, draft_token_ids)" in runner_take
 
 
+def test_draft_handoff_only_where_the_sync_engine_core_asks_after_each_step(monkeypatch):
+    from types import SimpleNamespace
+
+    from vllm_dspark.adapter import spec_config
+    from vllm_dspark.adapter.patches import patch_draft_handoff as handoff
+
+    def config(async_scheduling=False, pp=1, backend="mp"):
+        return SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=async_scheduling),
+                               parallel_config=SimpleNamespace(pipeline_parallel_size=pp,
+                                                               distributed_executor_backend=backend))
+
+    monkeypatch.setattr(spec_config, "serves_dspark", lambda _config: True)
+    assert handoff.hands_drafts_over(config())
+    assert not handoff.hands_drafts_over(config(async_scheduling=True))  # the worker updates the drafts itself
+    assert not handoff.hands_drafts_over(config(async_scheduling=None))  # unresolved: counts as async
+    assert not handoff.hands_drafts_over(config(pp=2))  # the batch queue asks at other points
+    assert not handoff.hands_drafts_over(config(backend="uni"))  # in-process: the RPC is a call, nothing to save
+    monkeypatch.setattr(spec_config, "serves_dspark", lambda _config: False)
+    assert not handoff.hands_drafts_over(config())  # other drafters: vLLM's behaviour untouched
+
+
 def test_draft_handoff_replaces_the_rpc_only_for_the_step_that_brought_drafts(applied):
     from vllm.v1.executor.multiproc_executor import MultiprocExecutor
     from vllm.v1.outputs import DraftTokenIds, ModelRunnerOutput
