@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_dspark.adapter.context_backlog import ContextBacklog, context_slots
+from vllm_dspark.adapter import context_backlog
+from vllm_dspark.adapter.context_backlog import ContextBacklog, ContextSlots, context_slots
 
 
 def _slots_reference(positions, query_start_loc, block_table, block_size, num_reqs):
@@ -30,6 +31,43 @@ def test_context_slots_match_block_table_lookup(seed):
     got = context_slots(positions, qsl_buf, table, block_size, num_reqs)
     assert got.dtype == torch.int64
     assert got.tolist() == _slots_reference(positions, qsl, table, block_size, num_reqs)
+
+
+def _step(seed: int, num_reqs: int = 5, block_size: int = 16, max_blocks: int = 8):
+    """One step's context rows (positions, query_start_loc, block table) and the target's slot mapping for them,
+    padded past the rows as vLLM's persistent buffer is."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, 5, (num_reqs,), generator=g)
+    qsl = torch.cat([torch.zeros(1, dtype=torch.int32), lens.cumsum(0).int()])
+    starts = torch.randint(0, max_blocks * block_size - 5, (num_reqs,), generator=g)
+    positions = torch.cat([s + torch.arange(int(n)) for s, n in zip(starts, lens)]).int()
+    table = torch.randperm(100, generator=g)[: num_reqs * max_blocks].view(num_reqs, max_blocks).int()
+    mapping = torch.tensor(_slots_reference(positions, qsl, table, block_size, num_reqs) + [-1, -1])
+    return (positions, qsl, table, block_size, num_reqs), mapping
+
+
+def test_context_slots_read_the_target_mapping_once_it_proved_equal(monkeypatch):
+    computed = []
+    real = context_backlog.context_slots
+    monkeypatch.setattr(context_backlog, "context_slots", lambda *a: computed.append(1) or real(*a))
+    source = ContextSlots(checks=3)
+    for seed in range(6):
+        args, mapping = _step(seed)
+        got = source(*args, mapping)
+        assert got.tolist() == _slots_reference(*args)
+    assert len(computed) == 3 and source.trusted  # three checks, then the mapping alone
+    args, _ = _step(7)
+    assert source(*args, None).tolist() == _slots_reference(*args) and len(computed) == 4  # no mapping: computed
+
+
+def test_context_slots_never_trust_a_mapping_that_differed_once():
+    source = ContextSlots(checks=3)
+    for seed in range(6):
+        args, mapping = _step(seed)
+        if seed == 1:
+            mapping = mapping + 1  # another block table or block size than the drafter's
+        assert source(*args, mapping).tolist() == _slots_reference(*args)
+    assert source.trusted is False
 
 
 def _rounds(seed: int, num_rounds: int, num_slots: int, hidden: int):

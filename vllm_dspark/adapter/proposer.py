@@ -37,7 +37,7 @@ import torch
 from vllm.v1.spec_decode.dflash import DFlashProposer
 
 from vllm_dspark.adapter import compat, spec_config
-from vllm_dspark.adapter.context_backlog import ContextBacklog, context_slots
+from vllm_dspark.adapter.context_backlog import ContextBacklog, ContextSlots
 from vllm_dspark.adapter.policy import VerifyLengthPolicy
 from vllm_dspark.adapter.sequential import DraftRound, SequentialStage, draft_keys, pad_block
 from vllm_dspark.adapter.shared_counters import SharedCounters, path_for
@@ -123,6 +123,7 @@ class DSparkProposer(DFlashProposer):
         self._gate_obs: _GateObservation | None = None  # the last step, for the draft gate
         mib = serving.context_kv_backlog_mib
         self._backlog = ContextBacklog(mib << 20) if mib else None  # context rows of rounds that drafted nothing
+        self._context_slots = ContextSlots()
         self._no_draft_rounds = compat.gate_off_returns_no_drafts(vllm_config)  # fixed for the engine's life
         name, why = block_backend(device)
         logger.info("vllm-dspark: sequential-head kernel backend %r: %s", name, why)
@@ -459,8 +460,8 @@ class DSparkProposer(DFlashProposer):
             n = cad.num_actual_tokens  # the context rows (the runner's buffers may be longer)
             with self._phase("inputs"):
                 positions = target_positions[:n]
-                slots = context_slots(positions, cad.query_start_loc, cad.block_table_tensor, self.block_size,
-                                      cad.batch_size())
+                slots = self._context_slots(positions, cad.query_start_loc, cad.block_table_tensor, self.block_size,
+                                            cad.batch_size(), getattr(cad, "slot_mapping", None))
             with self._phase("context_kv"):
                 if self._backlog.add(target_hidden_states[:n], positions, slots):
                     self._write_backlog()
