@@ -60,7 +60,7 @@ PY
 done
 for cfg in nospec gamma0; do echo "$cfg: $(cat "$OUT/load-$cfg.json")"; done
 python - "$OUT/nospec.txt" "$OUT/gamma0.txt" <<'PY'
-import collections, re, sys
+import collections, sys
 PROCESSES = ("API server", "EngineCore", "Worker")
 FUNCTIONS = {  # process -> functions whose samples are counted (a sample counts for every function in its stack)
     "Worker": ("_model_forward", "_prepare_inputs", "sample_tokens", "_sample (", "propose_draft_token_ids",

@@ -120,6 +120,13 @@ class _Bucket:
     pairs: int = 0
     settled_by: bool = False  # started from a neighbouring load whose decision was settled (until samples of its own)
 
+    def add_sample(self, at: int, drafting: float, alone: float, replace: bool = False) -> None:
+        """Append a paired sample (or, with `replace`, make it the only one); the kept gain is recomputed on read."""
+        if replace:
+            self.samples.clear()
+        self.samples.append((at, drafting, alone))
+        self.log_gain = None
+
 
 @dataclass
 class GateStats:
@@ -216,9 +223,7 @@ class DraftGate:
                 # its samples shared one stretch of steps (and one reference window): one sample's worth
                 at = b.samples[-1][0]
                 alone = sum(a for _, _, a in b.samples) / len(b.samples)
-                b.samples.clear()
-                b.samples.append((at, alone * math.exp(mean), alone))
-                b.log_gain = None
+                b.add_sample(at, alone * math.exp(mean), alone, replace=True)
             elif b.probe_left == 0:
                 self._maybe_switch(b)
             if b.probe_left == 0:
@@ -252,7 +257,7 @@ class DraftGate:
         depending on whether tokens or seconds vary)."""
         if not b.samples:
             return 0.0, math.inf, 0.0
-        if b.log_gain is not None:  # read every step; it changes only with the samples (below)
+        if b.log_gain is not None:  # read every step; it changes only with the samples (`_Bucket.add_sample`)
             return b.log_gain
         # ages from the newest sample, not from now: every weight ages by the same factor a step, and each of the
         # three results is a ratio of weighted sums, so they hold until the samples change
@@ -336,8 +341,7 @@ class DraftGate:
             # tokens each state makes in this step's time: this step's own, and the reference rate's
             drafting, alone = (tokens, seconds * ref) if drafted else (seconds * ref, tokens)
             b.pairs += 1
-            b.samples.append((b.steps, float(drafting), float(alone)))
-            b.log_gain = None
+            b.add_sample(b.steps, float(drafting), float(alone))
             if self._says_switch(b, math.log(drafting / alone)):
                 b.probe_interval = self.probe_every  # this sample says switch: look again soon
         return True
