@@ -68,6 +68,12 @@ SYMBOLS: dict[str, list[tuple[str, str]]] = {
         ("v1/spec_decode/metadata.py", "SpecDecodeMetadata.__post_init__"),
         ("v1/sample/rejection_sampler.py", "RejectionSampler.forward"),
     ],
+    "patch_round_without_inputs": [
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner.propose_draft_token_ids"),
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner._get_positions"),
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner.sample_tokens"),
+        ("v1/spec_decode/metadata.py", "SpecDecodeMetadata.__post_init__"),
+    ],
     "relied on: stat logger entry point (setup.py)": [
         ("v1/metrics/loggers.py", "load_stat_logger_plugin_factories"),
         ("v1/metrics/loggers.py", "StatLoggerBase"),

@@ -26,6 +26,13 @@ PARTS = [  # (class, method), timed where the class has it
     ("runner", "_sample"), ("RejectionSampler", "forward"), ("Sampler", "forward"),
     ("proposer", "propose"), ("proposer", "_observe_step"), ("proposer", "_skip_round"),
     ("proposer", "_gate_says_draft"), ("proposer", "_write_backlog"),
+    # finer: the runner's speculative bookkeeping and the parts of a round without drafts
+    ("runner", "_prepare_inputs"), ("runner", "_calc_spec_decode_metadata"), ("runner", "_build_attention_metadata"),
+    ("runner", "_bookkeeping_sync"), ("runner", "_update_states_after_model_execute"),
+    ("runner", "_copy_draft_token_ids_to_cpu"), ("runner", "_copy_valid_sampled_token_count"),
+    ("proposer", "prepare_next_token_ids_padded"), ("proposer", "prepare_inputs_padded"),
+    ("proposer", "_publish_counters"), ("policy", "observe_step"), ("gate", "should_draft"), ("gate", "observe"),
+    ("backlog", "add"),
 ]
 
 
@@ -76,6 +83,10 @@ def main() -> None:
     classes = {"runner": type(runner), "RejectionSampler": RejectionSampler, "Sampler": Sampler}
     if getattr(runner, "drafter", None) is not None:
         classes["proposer"] = type(runner.drafter)
+        from vllm_dspark.adapter.context_backlog import ContextBacklog
+        from vllm_dspark.adapter.policy import VerifyLengthPolicy
+        from vllm_dspark.scheduling.gate import DraftGate
+        classes |= {"policy": VerifyLengthPolicy, "gate": DraftGate, "backlog": ContextBacklog}
     totals: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
     for owner, name in PARTS:
@@ -90,13 +101,14 @@ def main() -> None:
         llm.generate(prompts, params, use_tqdm=False)
     steps = counts[f"{type(runner).__name__}.execute_model"] or 1
     rows = {k: totals[k] / steps * 1e3 for k in sorted(totals, key=lambda k: -totals[k])}
-    print(f"{args.config}: ms per engine step ({steps} steps, {args.concurrency} request(s))")
+    calls = {k: counts[k] / steps for k in rows}
+    print(f"{args.config}: ms per engine step ({steps} steps, {args.concurrency} request(s)); calls per step")
     for k, ms in rows.items():
-        print(f"  {k:45s} {ms:8.3f}")
+        print(f"  {k:55s} {ms:8.3f} {calls[k]:6.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config, "concurrency": args.concurrency, "steps": steps,
-                       "ms_per_step": rows}, f, indent=2)
+                       "ms_per_step": rows, "calls_per_step": calls}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_catalog_lists_every_patch_module_and_apply_is_idempotent(applied):
 def test_selection_is_version_and_platform_gated():
     names = lambda **kw: {p.module for p in patches.selected(**kw)}  # noqa: E731
     everywhere = {"patch_engine_args", "patch_dflash_proposer", "patch_worker_warmup", "patch_draft_handoff",
-                  "patch_sample_without_drafts",
+                  "patch_sample_without_drafts", "patch_round_without_inputs",
                   *patches.TRIM_PATCHES}
     for version in ("0.26.0", "0.30.0", "0.32.0", "0.33.0"):
         assert names(version=Version(version), is_cpu=False) == everywhere
@@ -269,6 +269,32 @@ def test_draft_handoff_target_shape(applied):
     assert step.index("self.model_executor.sample_tokens(grammar_output)") < step.index("update_from_output(")
     runner_take = source(GPUModelRunner.take_draft_token_ids)
     assert "return DraftTokenIds(req_ids, draft_token_ids)" in runner_take
+
+
+def test_round_without_inputs_target_shape(applied):
+    """The runner hands `propose_draft_token_ids` the step's aux hidden states, spec-decode metadata and attention
+    metadata (in that order), and for a drafting round it feeds the drafter every scheduled row of a step without
+    drafts: positions from `_get_positions`, the target layers' states side by side."""
+    from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from vllm_dspark.adapter.patches import patch_round_without_inputs as early
+
+    assert GPUModelRunner.propose_draft_token_ids.__dspark_wrapped__
+    original = early._originals["propose_draft_token_ids"]
+    assert params(original) == ["self", "scheduler_output", "sampled_token_ids", "sampling_metadata", "hidden_states",
+                                "sample_hidden_states", "aux_hidden_states", "spec_decode_metadata",
+                                "common_attn_metadata", "slot_mappings"]
+    body = " ".join(source(original).split())
+    assert "self.drafter.prepare_inputs_padded( common_attn_metadata, spec_decode_metadata," in body
+    assert "target_positions = self._get_positions(total_num_tokens)" in body
+    assert "torch.cat( [h[:total_num_tokens] for h in aux_hidden_states], dim=-1 )" in body
+    assert "draft_token_ids = self.drafter.propose( num_speculative_tokens=num_spec_tokens_to_schedule," in body
+    call = " ".join(source(GPUModelRunner.sample_tokens).split())
+    assert ("self.propose_draft_token_ids( scheduler_output, sampled_token_ids, self.input_batch.sampling_metadata, "
+            "hidden_states, sample_hidden_states, aux_hidden_states, spec_decode_metadata, "
+            "spec_decode_common_attn_metadata,") in call
+    assert "def max_spec_len" in source(SpecDecodeMetadata) or "self.max_spec_len" in source(SpecDecodeMetadata)
 
 
 def test_draft_handoff_only_where_the_sync_engine_core_asks_after_each_step(monkeypatch):

@@ -121,6 +121,7 @@ class DSparkProposer(DFlashProposer):
         self.policy.on_decision = lambda _stats: self._publish_counters()
         self._timer = _RoundTimer(device)
         self._gate_obs: _GateObservation | None = None  # the last step, for the draft gate
+        self._decided: bool | None = None  # round_without_inputs began this round and it drafts
         mib = serving.context_kv_backlog_mib
         self._backlog = ContextBacklog(mib << 20) if mib else None  # context rows of rounds that drafted nothing
         self._context_slots = ContextSlots()
@@ -374,21 +375,58 @@ class DSparkProposer(DFlashProposer):
         return min(gamma, self.policy.draft_depth(num_req))
 
     # ------------------------------------------------------------------ one round
+    def _begin_round(self, cad, num_rejected_tokens_gpu) -> None:
+        self._observe_step(cad, num_rejected_tokens_gpu)
+        self._conf_logits = self._request_temps = None
+        self._pending = None  # confidences of older drafts must never trim these
+        self._phases = {}
+
+    def round_without_inputs(self, *, runner, scheduler_output, sampling_metadata, aux_hidden_states,
+                             spec_decode_metadata, common_attn_metadata) -> torch.Tensor | None:
+        """This round's drafts if it drafts none, decided before vLLM prepares the drafter's inputs
+        (patches/patch_round_without_inputs): [R, 0]. None: vLLM prepares them and calls `propose`, which then
+        takes the decision made here instead of deciding again.
+
+        vLLM's preparation (each request's next token, its rejected rows, a new attention metadata: ~0.25 ms a
+        step at one request on a 2-core CPU) serves drafting rounds only; a round without drafts keeps the
+        step's context rows in the backlog, read here from the runner as vLLM would hand them over. Taken where
+        they are the same rows: on an engine that schedules from the drafts returned (`_no_draft_rounds`), with
+        the backlog on, after a step that verified no drafts (each scheduled row is a context row, none was
+        rejected), and on a target whose layers hand the drafter its features."""
+        self._decided = None
+        if not (self.is_dspark and self._no_draft_rounds and self._backlog is not None
+                and spec_decode_metadata is not None and spec_decode_metadata.max_spec_len == 0
+                and aux_hidden_states is not None and getattr(runner, "use_aux_hidden_state_outputs", False)):
+            return None
+        cad = common_attn_metadata
+        self._begin_round(cad, None)  # no draft was verified: none rejected
+        num_req = cad.batch_size()
+        if scheduler_output.num_spec_tokens_to_schedule != 0 and compat.tp_agree(
+                self._gate_says_draft(num_req, sampling_metadata)):
+            self._decided = True
+            return None
+        n = cad.num_actual_tokens
+        drafts = self._skip_round(0, target_positions=runner._get_positions(n),
+                                  target_hidden_states=torch.cat([h[:n] for h in aux_hidden_states], dim=-1),
+                                  common_attn_metadata=cad)
+        self._round_phases = self._phases
+        self._last_round = (num_req, False, 0.0)
+        return drafts
+
     def propose(self, num_speculative_tokens, **kwargs):
         if not self.is_dspark:
             return super().propose(num_speculative_tokens, **kwargs)
         cad = kwargs["common_attn_metadata"]
-        self._observe_step(cad, kwargs.get("num_rejected_tokens_gpu"))
-        self._conf_logits = self._request_temps = None
-        self._pending = None  # confidences of older drafts must never trim these
+        decided, self._decided = self._decided, None  # True: round_without_inputs began this round, to draft
+        if not decided:
+            self._begin_round(cad, kwargs.get("num_rejected_tokens_gpu"))
         num_req = cad.batch_size()
-        self._phases = {}
         if num_speculative_tokens == 0:  # vLLM's dynamic speculative decoding turned drafting off this step
             self._last_round = (num_req, False, 0.0)
             drafts = self._skip_round(0, **kwargs)  # [R, 0]
             self._round_phases = self._phases
             return drafts
-        if not compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"])):
+        if not (decided or compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"]))):
             if self._no_draft_rounds:
                 # the next step is scheduled from these drafts: none, so it is scheduled, run and sampled as
                 # without speculation (placeholders cost the scheduler and the runner γ slots per request to cut)
@@ -443,9 +481,9 @@ class DSparkProposer(DFlashProposer):
         self._publish_counters()
         return draft
 
-    def _skip_round(self, num_speculative_tokens, *, target_token_ids, target_positions, target_hidden_states,
-                    next_token_ids, token_indices_to_sample, common_attn_metadata, num_rejected_tokens_gpu=None,
-                    **_unused) -> torch.Tensor:
+    def _skip_round(self, num_speculative_tokens, *, target_positions, target_hidden_states, common_attn_metadata,
+                    target_token_ids=None, next_token_ids=None, token_indices_to_sample=None,
+                    num_rejected_tokens_gpu=None, **_unused) -> torch.Tensor:
         """A round that drafts nothing: keep the new context K/V, return placeholders [R, γ] (verified: none).
 
         Only the context K/V must be kept: a position's K/V comes from the target's hidden state there, written in
@@ -471,6 +509,8 @@ class DSparkProposer(DFlashProposer):
                                                          token_indices_to_sample, cad, num_rejected_tokens_gpu)
             self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
         num_req = cad.batch_size()
+        if num_speculative_tokens == 0:
+            return torch.empty((num_req, 0), dtype=torch.int64, device=self.device)
         # next_token_ids, not _anchor_ids: at γ = 0 the parent's layout runs and _anchor_ids is last round's.
         return next_token_ids[:num_req, None].to(torch.int64).expand(num_req, num_speculative_tokens).contiguous()
 

@@ -117,6 +117,17 @@ CATALOG: tuple[Patch, ...] = (
         upstream="none (vLLM could skip its rejection sampler for steps without drafts)",
         remove_when="vLLM samples steps without drafts with its plain sampler",
     ),
+    Patch(
+        "patch_round_without_inputs", "vllm.v1.worker.gpu_model_runner.GPUModelRunner.propose_draft_token_ids",
+        "0.26", "0.34",
+        why="the runner prepares a drafting round's inputs (next tokens, rejected rows, a new attention metadata) "
+            "before the drafter can say the round drafts nothing",
+        how="wrap: ask `DSparkProposer.round_without_inputs` first; it returns [R, 0] drafts for a round the draft "
+            "gate leaves without drafts (sync engine, backlog on, a step that verified no drafts), else the "
+            "original runs and `propose` keeps the decision; other drafters untouched",
+        upstream="none (the V1 runner has no drafter hook before its input preparation)",
+        remove_when="vLLM lets a drafter skip a round before preparing its inputs",
+    ),
 )
 
 SKIP_ENV = "VLLM_DSPARK_SKIP_PATCHES"  # comma-separated patch modules not to apply (debugging, bisecting)
