@@ -387,7 +387,7 @@ class DSparkProposer(DFlashProposer):
         (patches/patch_round_without_inputs): [R, 0]. None: vLLM prepares them and calls `propose`, which then
         takes the decision made here instead of deciding again.
 
-        vLLM's preparation (each request's next token, its rejected rows, a new attention metadata: ~0.25 ms a
+        vLLM's preparation (each request's next token, its rejected rows, a new attention metadata: ~0.3 ms a
         step at one request on a 2-core CPU) serves drafting rounds only; a round without drafts keeps the
         step's context rows in the backlog, read here from the runner as vLLM would hand them over. Taken where
         they are the same rows: on an engine that schedules from the drafts returned (`_no_draft_rounds`), with

@@ -2,7 +2,7 @@
 
 The V1 runner's `propose_draft_token_ids` first prepares what a drafting round reads (each request's next token and
 rejected rows, a new attention metadata over the verified tokens) and only then calls the drafter's `propose`. While
-DSpark's draft gate keeps drafting off, that preparation is most of what a round without drafts costs vLLM (~0.25 ms
+DSpark's draft gate keeps drafting off, that preparation is most of what a round without drafts costs vLLM (~0.3 ms
 a step at one request on a 2-core CPU, `benchmarks/serving/step_overhead.py`). `GPUModelRunner.propose_draft_token_ids`
 is wrapped to ask `DSparkProposer.round_without_inputs` first: it returns the round's drafts when the round drafts
 none (the step's context rows then go to the drafter's backlog, read from the runner as vLLM would hand them over),
