@@ -65,6 +65,8 @@ SYMBOLS: dict[str, list[tuple[str, str]]] = {
     ],
     "patch_sample_without_drafts": [
         ("v1/worker/gpu_model_runner.py", "GPUModelRunner._sample"),
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner._calc_spec_decode_metadata"),
+        ("v1/worker/gpu_model_runner.py", "GPUModelRunner._get_cumsum_and_arange"),
         ("v1/spec_decode/metadata.py", "SpecDecodeMetadata.__post_init__"),
         ("v1/sample/rejection_sampler.py", "RejectionSampler.forward"),
     ],

@@ -30,7 +30,8 @@ PARTS = [  # (class, method), timed where the class has it
     ("runner", "_prepare_inputs"), ("runner", "_calc_spec_decode_metadata"), ("runner", "_build_attention_metadata"),
     ("runner", "_bookkeeping_sync"), ("runner", "_update_states_after_model_execute"),
     ("runner", "_copy_draft_token_ids_to_cpu"), ("runner", "_copy_valid_sampled_token_count"),
-    ("proposer", "prepare_next_token_ids_padded"), ("proposer", "prepare_inputs_padded"),
+    ("proposer", "round_without_inputs"), ("proposer", "prepare_next_token_ids_padded"),
+    ("proposer", "prepare_inputs_padded"),
     ("proposer", "_publish_counters"), ("policy", "observe_step"), ("gate", "should_draft"), ("gate", "observe"),
     ("backlog", "add"),
 ]

@@ -132,3 +132,81 @@ def test_sample_target_shape(runner_cls):
     src = inspect.getsource(original)
     assert "if spec_decode_metadata is None:" in src and "return self.sampler(" in src
     assert "self.rejection_sampler(" in src
+
+
+def _metadata_fields(m) -> dict:
+    return {f: getattr(m, f) for f in ("draft_token_ids", "num_draft_tokens", "cu_num_draft_tokens",
+                                       "cu_num_sampled_tokens", "target_logits_indices", "bonus_logits_indices",
+                                       "logits_indices", "max_spec_len")}
+
+
+def _metadata_runner(runner_cls, seed: int):
+    """The attributes `GPUModelRunner._calc_spec_decode_metadata` reads, its helper the real one."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    fake = SimpleNamespace(arange_np=np.arange(4096, dtype=np.int64), _arange_scratch=np.empty(4096, dtype=np.int64),
+                           device=torch.device("cpu"), vllm_config=object(),
+                           input_ids=SimpleNamespace(gpu=torch.randint(0, VOCAB, (4096,), generator=g,
+                                                                       dtype=torch.int32)))
+    fake._get_cumsum_and_arange = lambda *a, **k: runner_cls._get_cumsum_and_arange(fake, *a, **k)
+    return fake
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metadata_without_drafts_is_what_vllm_builds(runner_cls, monkeypatch, seed):
+    """A step whose requests have no drafts: the same metadata as vLLM's numpy path, field by field (values and
+    dtypes), for scheduled counts as `_prepare_inputs` makes them (prefill chunks and decodes mixed)."""
+    import numpy as np
+
+    from vllm_dspark.adapter.patches import patch_sample_without_drafts as patch
+
+    g = np.random.default_rng(seed)
+    num_reqs = int(g.integers(1, 12))
+    scheduled = g.integers(1, 40, num_reqs).astype(np.int32) * (g.random(num_reqs) < 0.3) + 1
+    cu = np.cumsum(scheduled)  # as _get_cumsum_and_arange returns it (platform integers)
+    zero = np.zeros(num_reqs, dtype=np.int32)
+    monkeypatch.setattr(spec_config, "serves_dspark", lambda _config: True)
+    ours = runner_cls._calc_spec_decode_metadata(_metadata_runner(runner_cls, seed), zero, cu.copy())
+    want = patch._originals["_calc_spec_decode_metadata"](_metadata_runner(runner_cls, seed), zero, cu.copy())
+    for name, value in _metadata_fields(want).items():
+        got = _metadata_fields(ours)[name]
+        if isinstance(value, torch.Tensor):
+            assert got.dtype == value.dtype and torch.equal(got, value), name
+        else:
+            assert got == value, name
+
+
+def test_metadata_with_drafts_or_other_drafters_is_vllms(runner_cls, monkeypatch):
+    import numpy as np
+
+    from vllm_dspark.adapter.patches import patch_sample_without_drafts as patch
+
+    calls = []
+    original = patch._originals["_calc_spec_decode_metadata"]
+    drafts, cu = np.array([2, 0, 1], dtype=np.int32), np.array([3, 4, 6])
+    for dspark, draft_counts in ((True, drafts), (False, np.zeros(3, dtype=np.int32))):
+        monkeypatch.setattr(spec_config, "serves_dspark", lambda _config, d=dspark: d)
+        runner = _metadata_runner(runner_cls, 0)
+        got = runner_cls._calc_spec_decode_metadata(runner, draft_counts, cu.copy())
+        want = original(_metadata_runner(runner_cls, 0), draft_counts, cu.copy())
+        calls.append(got.max_spec_len)
+        for name, value in _metadata_fields(want).items():
+            assert (torch.equal(value, _metadata_fields(got)[name]) if isinstance(value, torch.Tensor)
+                    else value == _metadata_fields(got)[name]), name
+    assert calls == [2, 0]
+
+
+def test_calc_spec_decode_metadata_target_shape(runner_cls):
+    import inspect
+
+    from vllm_dspark.adapter.patches import patch_sample_without_drafts as patch
+
+    assert runner_cls._calc_spec_decode_metadata.__dspark_wrapped__
+    original = patch._originals["_calc_spec_decode_metadata"]
+    assert list(inspect.signature(original).parameters) == ["self", "num_draft_tokens", "cu_num_scheduled_tokens"]
+    src = inspect.getsource(runner_cls._prepare_inputs)
+    assert "self._calc_spec_decode_metadata(\n                num_draft_tokens, cu_num_tokens\n            )" in src
+    assert "logits_indices = spec_decode_metadata.logits_indices" in src

@@ -108,12 +108,14 @@ CATALOG: tuple[Patch, ...] = (
         remove_when="vLLM returns a synchronous step's drafts with its output",
     ),
     Patch(
-        "patch_sample_without_drafts", "vllm.v1.worker.gpu_model_runner.GPUModelRunner._sample", "0.26", "0.34",
+        "patch_sample_without_drafts",
+        "vllm.v1.worker.gpu_model_runner.GPUModelRunner.{_sample,_calc_spec_decode_metadata}", "0.26", "0.34",
         why="a step with no draft to verify (drafting gated off, or every draft cut) still goes through the "
             "rejection sampler, which samples the bonus tokens with the runner's sampler and then verifies "
-            "empty tensors",
+            "empty tensors; its metadata is built with the numpy path and copies meant for drafts",
         how="wrap: when the step's `SpecDecodeMetadata.max_spec_len` is 0, take the runner's no-speculation "
-            "branch (same sampler, logits rows and generators); DSpark drafters only",
+            "branch (same sampler, logits rows and generators); when no request has a draft, build the metadata "
+            "directly (same fields, values and dtypes); DSpark drafters only",
         upstream="none (vLLM could skip its rejection sampler for steps without drafts)",
         remove_when="vLLM samples steps without drafts with its plain sampler",
     ),
