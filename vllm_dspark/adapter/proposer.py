@@ -406,12 +406,9 @@ class DSparkProposer(DFlashProposer):
             self._decided = True
             return None
         n = cad.num_actual_tokens
-        drafts = self._skip_round(0, target_positions=runner._get_positions(n),
-                                  target_hidden_states=torch.cat([h[:n] for h in aux_hidden_states], dim=-1),
-                                  common_attn_metadata=cad)
-        self._round_phases = self._phases
-        self._last_round = (num_req, False, 0.0)
-        return drafts
+        return self._skip_round(0, target_positions=runner._get_positions(n),
+                                target_hidden_states=torch.cat([h[:n] for h in aux_hidden_states], dim=-1),
+                                common_attn_metadata=cad)
 
     def propose(self, num_speculative_tokens, **kwargs):
         if not self.is_dspark:
@@ -422,10 +419,7 @@ class DSparkProposer(DFlashProposer):
             self._begin_round(cad, kwargs.get("num_rejected_tokens_gpu"))
         num_req = cad.batch_size()
         if num_speculative_tokens == 0:  # vLLM's dynamic speculative decoding turned drafting off this step
-            self._last_round = (num_req, False, 0.0)
-            drafts = self._skip_round(0, **kwargs)  # [R, 0]
-            self._round_phases = self._phases
-            return drafts
+            return self._skip_round(0, **kwargs)  # [R, 0]
         if not (decided or compat.tp_agree(self._gate_says_draft(num_req, kwargs["sampling_metadata"]))):
             if self._no_draft_rounds:
                 # the next step is scheduled from these drafts: none, so it is scheduled, run and sampled as
@@ -437,8 +431,6 @@ class DSparkProposer(DFlashProposer):
                 drafts = self._skip_round(num_speculative_tokens, **kwargs)
                 self._pending = PendingConfidences(list(self._runner.input_batch.req_ids[:num_req]), drafts, None,
                                                    None, skipped=True)
-            self._round_phases = self._phases
-            self._last_round = (num_req, False, 0.0)
             return drafts
         self._timer.start()
         width = self._block_width(num_req, num_speculative_tokens, kwargs["sampling_metadata"])
@@ -509,6 +501,8 @@ class DSparkProposer(DFlashProposer):
                                                          token_indices_to_sample, cad, num_rejected_tokens_gpu)
             self.build_model_inputs_first_pass(num_query, num_query, None)  # writes the context K/V, runs nothing
         num_req = cad.batch_size()
+        self._round_phases = self._phases
+        self._last_round = (num_req, False, 0.0)  # the next step observes a round without drafts
         if num_speculative_tokens == 0:
             return torch.empty((num_req, 0), dtype=torch.int64, device=self.device)
         # next_token_ids, not _anchor_ids: at γ = 0 the parent's layout runs and _anchor_ids is last round's.
